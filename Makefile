@@ -1,0 +1,71 @@
+# Metallic build.  make | make run | make test | make model | make bench | make format | make lint
+# Sources are found by wildcard: src/**/*.c is the library, cli/ the binary, tests/test-*.c one test each.
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O2 -march=native
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -Iinclude -Isrc -pthread
+LDLIBS  += -lm -pthread -lcjson
+PYTHON  ?= .venv/bin/python
+MODEL   ?= models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+PROMPT  ?= Write a C function that reverses a string.
+THREADS ?= 0
+
+LIB_SRC  := $(shell find src -name '*.c' | sort)
+CLI_SRC  := $(wildcard cli/*.c)
+TEST_SRC := $(wildcard tests/test-*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+LIB      := $(BUILD)/libmetallic.a
+
+.PHONY: all deps run test model bench format lint clean asan
+all: deps $(BUILD)/metallic $(TEST_BIN)
+
+deps: $(BUILD)/.deps
+$(BUILD)/.deps: scripts/install-deps.sh
+	@mkdir -p $(BUILD)
+	sh scripts/install-deps.sh
+	@touch $@
+
+$(BUILD)/%.o: %.c | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/metallic: $(CLI_OBJ) $(LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+model:
+	sh scripts/get-model.sh $(MODEL)
+
+run: all model
+	$(BUILD)/metallic run $(MODEL) "$(PROMPT)" --threads $(THREADS)
+
+test: all
+	sh scripts/run-tests.sh
+
+# Sanitizer build of everything (the malformed-file corpus runs under it in `make test`).
+asan:
+	$(MAKE) BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  LDLIBS="-lm -pthread -lcjson -fsanitize=address,undefined" all
+
+format:
+	clang-format -i $$(find src cli tests bench include -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh')
+
+lint:
+	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr --quiet \
+	  --suppress=missingIncludeSystem -Iinclude -Isrc src cli tests
+	@clang-format --dry-run --Werror $$(find src cli tests bench include -name '*.[ch]')
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

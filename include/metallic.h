@@ -1,0 +1,65 @@
+// Metallic public API: load a Qwen2.5 model, run sessions of one or more sequences over a KV cache.
+//
+//   mt_model *m;   mt_model_load("models/qwen2.5-0.5b.gguf", &m);
+//   mt_session *s; mt_session_opts o = mt_session_default_opts(); mt_session_create(m, &o, &s);
+//   int32_t toks[] = {...}, pos[] = {0, 1, 2}, seq[] = {0, 0, 0}; int8_t want[] = {0, 0, 1};
+//   mt_batch b = {3, toks, pos, seq, want};
+//   mt_session_decode(s, &b);              // prefill: one pass over the whole prompt
+//   const float *logits = mt_session_logits(s, 0);   // logits of the first token flagged in `want`
+//
+// Every call that can fail returns an mt_status; mt_last_error() names what was wrong.
+#ifndef METALLIC_H
+#define METALLIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../src/core/status.h"
+#include "../src/model/qwen2.h"
+
+typedef struct mt_model mt_model;
+typedef struct mt_session mt_session;
+typedef struct mt_tokenizer mt_tokenizer;
+typedef struct mt_pool mt_pool;
+
+// Loads a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+mt_status mt_model_load(const char *path, mt_model **out);
+void mt_model_free(mt_model *m);
+const mt_qwen2_config *mt_model_config(const mt_model *m);
+const mt_qwen2_weights *mt_model_weights(const mt_model *m);
+const mt_tokenizer *mt_model_tokenizer(const mt_model *m);
+// The chat template text stored with the model (NULL if none) and its generation defaults.
+const char *mt_model_chat_template(const mt_model *m);
+// Bytes of weights as stored (what a decode step reads).
+size_t mt_model_weight_bytes(const mt_model *m);
+
+typedef struct mt_session_opts {
+    int n_ctx;     // positions per sequence; 0 = the model's context length, capped by memory
+    int n_seq;     // independent sequences (KV slots)
+    int n_threads; // 0 = one per core
+    int n_batch;   // most tokens per mt_session_decode call (scratch is sized for it); 0 = n_ctx
+} mt_session_opts;
+
+mt_session_opts mt_session_default_opts(void);
+mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **out);
+void mt_session_free(mt_session *s);
+int mt_session_n_ctx(const mt_session *s);
+
+typedef struct mt_batch {
+    int n;                // tokens in this batch
+    const int32_t *tokens; // [n]
+    const int32_t *pos;    // [n] position of each token in its sequence
+    const int32_t *seq;    // [n] sequence slot of each token
+    const int8_t *logits;  // [n] nonzero: compute logits for this token (NULL: only the last token)
+} mt_batch;
+
+// Runs the forward pass for the batch, writing K/V at the given positions. A position outside the
+// context is MT_ERR_RANGE naming both numbers.
+mt_status mt_session_decode(mt_session *s, const mt_batch *b);
+// Logits ([n_vocab] floats) of the i-th token flagged for logits in the last decode.
+const float *mt_session_logits(const mt_session *s, int i);
+// Forget a sequence's cached positions.
+void mt_session_seq_clear(mt_session *s, int seq);
+
+#endif
