@@ -1,0 +1,30 @@
+// The legacy path: every node runs its CPU reference kernel as one parallel region of the pool, in order.
+#include "eager.h"
+
+#include <string.h>
+
+static void run_node(void *ctx, int ith, int nth) {
+    const mt_node *n = ctx;
+    mt_op_get(n->op)->cpu_ref(n, ith, nth);
+}
+
+mt_status mt_eager_run(const mt_node *nodes, int n_nodes, mt_pool *pool) {
+    if (n_nodes < 0 || (n_nodes > 0 && !nodes))
+        return mt_fail(MT_ERR_INVALID, "eager: bad node list (%d nodes at %p)", n_nodes, (const void *)nodes);
+    for (int i = 0; i < n_nodes; i++) {
+        mt_status s = mt_op_check(&nodes[i]);
+        if (s != MT_OK) {
+            // The message buffer is reused by mt_fail, so copy the reason out first.
+            char why[400];
+            snprintf(why, sizeof why, "%s", mt_last_error());
+            return mt_fail(s, "node %d (%s, %s): %s", i, mt_op_name(nodes[i].op),
+                           nodes[i].label ? nodes[i].label : "no label", why);
+        }
+    }
+    mt_eager_run_unchecked(nodes, n_nodes, pool);
+    return MT_OK;
+}
+
+void mt_eager_run_unchecked(const mt_node *nodes, int n_nodes, mt_pool *pool) {
+    for (int i = 0; i < n_nodes; i++) mt_pool_run(pool, run_node, (void *)&nodes[i]);
+}
