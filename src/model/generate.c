@@ -1,0 +1,288 @@
+// The generation loop: one batched prefill, then sample -> stream -> decode per token, with timings,
+// top-K logprobs and cancellation. Everything a run needs is allocated before the first token.
+#include "generate.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "tokenizer.h"
+
+const char *mt_stop_reason_name(mt_stop_reason r) {
+    switch (r) {
+    case MT_STOP_EOS:
+        return "eos";
+    case MT_STOP_LENGTH:
+        return "length";
+    case MT_STOP_CANCELLED:
+        return "cancelled";
+    }
+    return "?";
+}
+
+mt_gen_opts mt_gen_default_opts(void) {
+    mt_gen_opts o = {.max_tokens = 256};
+    return o;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+void mt_top_logprobs(const float *logits, int n_vocab, int k, mt_logprob *out) {
+    if (k > n_vocab) k = n_vocab;
+    if (k <= 0) return;
+    float mx = -INFINITY;
+    for (int i = 0; i < n_vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double z = 0.0;
+    for (int i = 0; i < n_vocab; i++) z += exp((double)logits[i] - mx);
+    const double lse = mx + log(z);
+    // Insertion into a sorted list of k: a new entry is rare after the first few, so this stays ~O(n).
+    int have = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        float l = logits[i];
+        if (l != l) continue;
+        if (have == k && !(l > out[k - 1].logprob)) continue; // ties keep the lower id
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && out[j - 1].logprob < l) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j].id = i;
+        out[j].logprob = l;
+    }
+    for (int j = 0; j < have; j++) out[j].logprob = (float)((double)out[j].logprob - lse);
+    for (int j = have; j < k; j++) out[j] = (mt_logprob){-1, -INFINITY}; // only with NaN logits
+}
+
+static int is_eos(const mt_qwen2_config *c, int32_t id) {
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == id) return 1;
+    return 0;
+}
+
+// Appends bytes to the result's text, doubling its capacity when needed.
+static mt_status text_append(mt_gen_result *r, size_t *cap, const char *p, size_t n) {
+    if (r->text_len + n + 1 > *cap) {
+        size_t nc = *cap * 2;
+        while (nc < r->text_len + n + 1) nc *= 2;
+        char *t = realloc(r->text, nc);
+        if (!t) return mt_fail(MT_ERR_NOMEM, "generate: text buffer of %zu bytes", nc);
+        r->text = t;
+        *cap = nc;
+    }
+    memcpy(r->text + r->text_len, p, n);
+    r->text_len += n;
+    r->text[r->text_len] = 0;
+    return MT_OK;
+}
+
+mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const int32_t *ids, int n,
+                      const mt_gen_opts *o, mt_gen_result *out) {
+    memset(out, 0, sizeof *out);
+    const mt_qwen2_config *cfg = mt_model_config(m);
+    const mt_tokenizer *tok = mt_model_tokenizer(m);
+    const int n_ctx = mt_session_n_ctx(s);
+    if (o->max_tokens <= 0)
+        return mt_fail(MT_ERR_INVALID, "generate: max_tokens = %d must be > 0", o->max_tokens);
+    if (o->n_logprobs < 0 || o->n_logprobs > MT_GEN_MAX_LOGPROBS)
+        return mt_fail(MT_ERR_INVALID, "generate: n_logprobs = %d is out of range [0, %d]", o->n_logprobs,
+                       MT_GEN_MAX_LOGPROBS);
+    if (n <= 0) return mt_fail(MT_ERR_INVALID, "generate: the prompt is empty (0 tokens)");
+    if (o->n_past < 0 || o->n_past >= n)
+        return mt_fail(MT_ERR_INVALID, "generate: n_past = %d must be in [0, %d)", o->n_past, n);
+    if (n > n_ctx)
+        return mt_fail(MT_ERR_RANGE, "prompt of %d tokens does not fit the context of %d tokens", n, n_ctx);
+    for (int i = o->n_past; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= cfg->n_vocab)
+            return mt_fail(MT_ERR_INVALID, "generate: prompt token %d = %d is outside the vocabulary (%d)", i,
+                           ids[i], cfg->n_vocab);
+
+    // All buffers up front: history = prompt + every token we may generate.
+    const int n_new = n - o->n_past;
+    const int hist_cap = n + o->max_tokens;
+    int32_t *hist = mt_malloc((size_t)hist_cap * sizeof *hist, "generate history");
+    int32_t *pos = mt_malloc((size_t)n_new * sizeof *pos, "generate positions");
+    int32_t *seq = mt_malloc((size_t)n_new * sizeof *seq, "generate sequence ids");
+    size_t text_cap = 4096;
+    out->text = mt_malloc(text_cap, "generate text");
+    out->tokens = mt_malloc((size_t)o->max_tokens * sizeof *out->tokens, "generate tokens");
+    out->n_logprobs = o->n_logprobs;
+    if (o->n_logprobs)
+        out->logprobs = mt_malloc((size_t)o->max_tokens * o->n_logprobs * sizeof *out->logprobs, "logprobs");
+    mt_status st = MT_OK;
+    if (!hist || !pos || !seq || !out->text || !out->tokens || (o->n_logprobs && !out->logprobs)) {
+        st = MT_ERR_NOMEM;
+        goto done;
+    }
+    out->text[0] = 0;
+    memcpy(hist, ids, (size_t)n * sizeof *hist);
+    for (int i = 0; i < n_new; i++) pos[i] = o->n_past + i, seq[i] = o->seq;
+    out->n_prompt = n_new;
+
+    double t0 = now_ms();
+    mt_batch b = {n_new, ids + o->n_past, pos, seq, NULL};
+    st = mt_session_decode(s, &b);
+    if (st != MT_OK) goto done;
+    double t1 = now_ms();
+    out->prompt_ms = t1 - t0;
+    out->prompt_tok_s = out->prompt_ms > 0 ? n_new * 1e3 / out->prompt_ms : 0;
+
+    mt_detok dt;
+    mt_detok_init(&dt, tok);
+    char piece[4096]; // detokenizer output: one token's bytes plus any held partial character
+    int n_hist = n;
+    out->stop = MT_STOP_LENGTH;
+    for (;;) {
+        if (o->cancel && *o->cancel) {
+            out->stop = MT_STOP_CANCELLED;
+            break;
+        }
+        const float *logits = mt_session_logits(s, 0);
+        MT_ASSERT(logits != NULL);
+        int32_t id = mt_sampler_sample(smp, logits, hist, n_hist);
+        if (is_eos(cfg, id)) {
+            out->stop = MT_STOP_EOS;
+            break;
+        }
+        mt_logprob *top = NULL;
+        if (o->n_logprobs) {
+            top = out->logprobs + (size_t)out->n_tokens * o->n_logprobs;
+            mt_top_logprobs(logits, cfg->n_vocab, o->n_logprobs, top);
+        }
+        out->tokens[out->n_tokens++] = id;
+        hist[n_hist++] = id;
+        int len = mt_detok_push(&dt, id, piece, sizeof piece);
+        if (len < 0) len = 0; // an embedding row without a vocabulary entry prints nothing
+        if ((st = text_append(out, &text_cap, piece, (size_t)len)) != MT_OK) goto done;
+        if (o->on_token && o->on_token(o->user, id, piece, (size_t)len, top, o->n_logprobs)) {
+            out->stop = MT_STOP_CANCELLED;
+            break;
+        }
+        if (out->n_tokens >= o->max_tokens) break;
+        if (n_hist >= n_ctx) break; // no position left for this token: the context is full
+        int32_t p1 = n_hist - 1, s1 = o->seq;
+        mt_batch one = {1, &id, &p1, &s1, NULL};
+        if ((st = mt_session_decode(s, &one)) != MT_OK) goto done;
+    }
+    int len = mt_detok_flush(&dt, piece, sizeof piece);
+    if (len > 0) {
+        if ((st = text_append(out, &text_cap, piece, (size_t)len)) != MT_OK) goto done;
+        if (o->on_token) o->on_token(o->user, -1, piece, (size_t)len, NULL, 0);
+    }
+    out->gen_ms = now_ms() - t1;
+    out->gen_tok_s = out->gen_ms > 0 ? out->n_tokens * 1e3 / out->gen_ms : 0;
+
+done:
+    free(hist);
+    free(pos);
+    free(seq);
+    if (st != MT_OK) mt_gen_result_free(out);
+    return st;
+}
+
+void mt_gen_result_free(mt_gen_result *r) {
+    free(r->tokens);
+    free(r->text);
+    free(r->logprobs);
+    memset(r, 0, sizeof *r);
+}
+
+// Reads a whole small file; *out is malloc'ed and NUL-terminated.
+static mt_status read_small_file(const char *path, char **out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mt_fail(MT_ERR_IO, "cannot open %s", path);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (cap - len < 4096) {
+            if (cap >= (1u << 24)) {
+                free(buf);
+                fclose(f);
+                return mt_fail(MT_ERR_FORMAT, "%s is larger than 16 MiB", path);
+            }
+            char *nb = realloc(buf, cap ? cap * 2 : 8192);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return mt_fail(MT_ERR_NOMEM, "reading %s", path);
+            }
+            buf = nb;
+            cap = cap ? cap * 2 : 8192;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return mt_fail(MT_ERR_IO, "read error in %s", path);
+    }
+    buf[len] = 0;
+    *out = buf;
+    return MT_OK;
+}
+
+mt_status mt_gen_defaults_for_path(const char *path, mt_sampler_params *out) {
+    *out = mt_sampler_default_params();
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return MT_OK;
+    char file[4096];
+    if (snprintf(file, sizeof file, "%s/generation_config.json", path) >= (int)sizeof file)
+        return mt_fail(MT_ERR_INVALID, "model path is too long (%zu bytes)", strlen(path));
+    if (stat(file, &sb) != 0) return MT_OK;
+    char *text = NULL;
+    MT_TRY(read_small_file(file, &text));
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j || !cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return mt_fail(MT_ERR_FORMAT, "%s: not a JSON object", file);
+    }
+    mt_sampler_params p = *out;
+    static const char *const keys[] = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"};
+    for (int i = 0; i < 5; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
+        if (!v || cJSON_IsNull(v)) continue;
+        if (!cJSON_IsNumber(v)) {
+            cJSON_Delete(j);
+            return mt_fail(MT_ERR_FORMAT, "%s: %s is not a number", file, keys[i]);
+        }
+        double d = v->valuedouble;
+        switch (i) {
+        case 0:
+            p.temperature = (float)d;
+            break;
+        case 1:
+            p.top_k = d >= 0 && d < 1e9 ? (int)d : -1;
+            break;
+        case 2:
+            p.top_p = (float)d;
+            break;
+        case 3:
+            p.min_p = (float)d;
+            break;
+        case 4:
+            p.repeat_penalty = (float)d;
+            break;
+        }
+    }
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j, "do_sample");
+    if (cJSON_IsBool(ds) && cJSON_IsFalse(ds)) p.temperature = 0.0f; // transformers: greedy
+    cJSON_Delete(j);
+    if (mt_sampler_params_check(&p) != MT_OK) {
+        char why[256]; // copied: mt_fail overwrites the message it would read from
+        snprintf(why, sizeof why, "%s", mt_last_error());
+        return mt_fail(MT_ERR_FORMAT, "%s: %s", file, why);
+    }
+    *out = p;
+    return MT_OK;
+}
