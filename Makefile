@@ -49,7 +49,7 @@ model:
 run: all model
 	$(BUILD)/metallic run $(MODEL) "$(PROMPT)" --threads $(THREADS)
 
-test: all
+test: all model
 	sh scripts/run-tests.sh
 
 # Sanitizer build of everything (the malformed-file corpus runs under it in `make test`).
