@@ -61,5 +61,8 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b);
 const float *mt_session_logits(const mt_session *s, int i);
 // Forget a sequence's cached positions.
 void mt_session_seq_clear(mt_session *s, int seq);
+// Bytes of KV cache copied by decode calls so far (telemetry): 0, since attention reads the n_kv cached
+// heads in place instead of repeating them per query head.
+uint64_t mt_session_kv_bytes_copied(const mt_session *s);
 
 #endif

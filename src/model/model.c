@@ -1,0 +1,410 @@
+// The Qwen2 model behind include/metallic.h: loading, sessions with a multi-sequence KV cache, and the
+// forward pass emitted as a node list that the legacy (eager) executor runs.
+//
+// A session allocates everything at creation: the KV cache (per layer, F32 [head_dim, n_kv, n_ctx, n_seq],
+// so grouped-query attention reads the n_kv heads in place), scratch activations for n_batch tokens and
+// the node array. A decode call only fills tensor descriptors and nodes; the one allocation it may make
+// is growing the logits buffer the first time a batch asks for more logit rows than any before.
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../exec/eager.h"
+#include "loader.h"
+#include "metallic.h"
+
+struct mt_model {
+    mt_model_source src;
+};
+
+enum { NODES_PER_LAYER = 17 };
+
+struct mt_session {
+    const mt_model *m;
+    const mt_qwen2_config *c;
+    int n_ctx, n_seq, n_batch, n_threads;
+    mt_pool *pool;
+    int *seq_len; // [n_seq] highest position written + 1
+
+    float *kv;          // one allocation: K then V of every layer
+    mt_tensor *k_cache; // [n_layer] each [hd, n_kv, n_ctx, n_seq]
+    mt_tensor *v_cache;
+
+    // scratch for up to n_batch tokens (one allocation, carved below)
+    float *scratch;
+    int32_t *ids, *pos, *seq; // copies of the batch arrays (tensors point at them)
+    int32_t *out_rows;        // batch indices of the rows that want logits
+    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *hid, *xo, *xon;
+
+    float *logits;
+    int logits_cap, n_logits;
+
+    // descriptors over the scratch, re-initialized for each batch size
+    mt_tensor t_ids, t_x, t_xn, t_q2, t_q3, t_k2, t_k3, t_v2, t_v3, t_att2, t_att3, t_tmp, t_gate, t_up,
+        t_hid, t_xo, t_xon, t_logits;
+    mt_node *nodes;
+    int n_nodes_cap;
+    int checked_n, checked_out; // batch shape whose node list passed the op checks
+
+    uint64_t kv_bytes_copied; // attention reads the cache in place, so this stays 0
+};
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Checks that hold whatever the file format: vocabulary sizes agree.
+static mt_status check_source(const mt_model_source *s) {
+    const mt_qwen2_config *c = &s->config;
+    MT_TRY(mt_qwen2_config_check(c));
+    if (s->weights.tok_embd.ne[1] != c->n_vocab)
+        return mt_fail(MT_ERR_FORMAT, "token embedding has %lld rows, config vocabulary is %d",
+                       (long long)s->weights.tok_embd.ne[1], c->n_vocab);
+    if (s->weights.output.ne[1] != c->n_vocab)
+        return mt_fail(MT_ERR_FORMAT, "output matrix has %lld rows, config vocabulary is %d",
+                       (long long)s->weights.output.ne[1], c->n_vocab);
+    if (s->tokenizer && mt_tokenizer_n_vocab(s->tokenizer) > c->n_vocab)
+        return mt_fail(MT_ERR_FORMAT, "tokenizer has %d tokens, more than the %d embedding rows",
+                       mt_tokenizer_n_vocab(s->tokenizer), c->n_vocab);
+    return MT_OK;
+}
+
+mt_status mt_model_load(const char *path, mt_model **out) {
+    *out = NULL;
+    if (!path) return mt_fail(MT_ERR_INVALID, "model path is NULL");
+    mt_model *m = mt_calloc(1, sizeof *m, "model");
+    if (!m) return MT_ERR_NOMEM;
+    mt_status st = is_dir(path) ? mt_load_hf(path, &m->src) : mt_load_gguf(path, &m->src);
+    if (st == MT_OK) st = check_source(&m->src);
+    if (st != MT_OK) {
+        mt_model_source_free(&m->src);
+        free(m);
+        return st;
+    }
+    *out = m;
+    return MT_OK;
+}
+
+void mt_model_free(mt_model *m) {
+    if (!m) return;
+    mt_model_source_free(&m->src);
+    free(m);
+}
+
+const mt_qwen2_config *mt_model_config(const mt_model *m) {
+    return &m->src.config;
+}
+const mt_qwen2_weights *mt_model_weights(const mt_model *m) {
+    return &m->src.weights;
+}
+const mt_tokenizer *mt_model_tokenizer(const mt_model *m) {
+    return m->src.tokenizer;
+}
+const char *mt_model_chat_template(const mt_model *m) {
+    return m->src.chat_template;
+}
+size_t mt_model_weight_bytes(const mt_model *m) {
+    return m->src.weight_bytes;
+}
+
+mt_session_opts mt_session_default_opts(void) {
+    mt_session_opts o = {.n_ctx = 0, .n_seq = 1, .n_threads = 0, .n_batch = 0};
+    return o;
+}
+
+// Context length when the caller gives none: the trained length, capped so the KV cache takes at most
+// about a quarter of physical memory.
+static int default_ctx(const mt_qwen2_config *c, int n_seq) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t mem = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)8 << 30;
+    uint64_t per_pos = 2ull * (uint64_t)c->n_layer * (uint64_t)c->n_head_kv * (uint64_t)c->head_dim *
+                       sizeof(float) * (uint64_t)n_seq;
+    uint64_t cap = mem / 4 / per_pos;
+    int n = c->n_ctx_train;
+    if ((uint64_t)n > cap) n = (int)cap;
+    return n;
+}
+
+void mt_session_free(mt_session *s) {
+    if (!s) return;
+    mt_pool_free(s->pool);
+    free(s->kv);
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->scratch);
+    free(s->ids);
+    free(s->logits);
+    free(s->nodes);
+    free(s->seq_len);
+    free(s);
+}
+
+static mt_status session_alloc(mt_session *s) {
+    const mt_qwen2_config *c = s->c;
+    size_t nb = (size_t)s->n_batch;
+    size_t per_layer = (size_t)c->head_dim * (size_t)c->n_head_kv * (size_t)s->n_ctx * (size_t)s->n_seq;
+    if (per_layer > SIZE_MAX / sizeof(float) / 2 / (size_t)c->n_layer)
+        return mt_fail(MT_ERR_NOMEM, "KV cache of %d positions x %d sequences overflows", s->n_ctx, s->n_seq);
+    // calloc: untouched cache pages cost no physical memory until written
+    s->kv = mt_calloc(2 * (size_t)c->n_layer * per_layer, sizeof(float), "KV cache");
+    s->k_cache = mt_calloc((size_t)c->n_layer, sizeof(mt_tensor), "K cache tensors");
+    s->v_cache = mt_calloc((size_t)c->n_layer, sizeof(mt_tensor), "V cache tensors");
+    if (!s->kv || !s->k_cache || !s->v_cache) return MT_ERR_NOMEM;
+    int64_t ne[4] = {c->head_dim, c->n_head_kv, s->n_ctx, s->n_seq};
+    for (int l = 0; l < c->n_layer; l++) {
+        MT_TRY(mt_tensor_init(&s->k_cache[l], MT_F32, 4, ne, s->kv + (size_t)(2 * l) * per_layer));
+        MT_TRY(mt_tensor_init(&s->v_cache[l], MT_F32, 4, ne, s->kv + (size_t)(2 * l + 1) * per_layer));
+        s->k_cache[l].name = "k_cache";
+        s->v_cache[l].name = "v_cache";
+    }
+
+    size_t d = (size_t)c->n_embd, q = (size_t)c->n_head * c->head_dim,
+           kv = (size_t)c->n_head_kv * c->head_dim, ff = (size_t)c->n_ff;
+    size_t widths[12] = {d, d, q, kv, kv, q, d, ff, ff, ff, d, d}; // x xn q k v att tmp gate up hid xo xon
+    float **bufs[12] = {&s->x,   &s->xn,   &s->q,  &s->k,   &s->v,  &s->att,
+                        &s->tmp, &s->gate, &s->up, &s->hid, &s->xo, &s->xon};
+    size_t per_tok = 0;
+    for (int i = 0; i < 12; i++) per_tok += widths[i];
+    if (per_tok > SIZE_MAX / sizeof(float) / nb)
+        return mt_fail(MT_ERR_NOMEM, "scratch for a batch of %d tokens overflows", s->n_batch);
+    // malloc, not calloc: every scratch value is written before it is read
+    s->scratch = mt_malloc(per_tok * nb * sizeof(float), "activation scratch");
+    s->ids = mt_malloc(4 * nb * sizeof(int32_t), "batch arrays");
+    if (!s->scratch || !s->ids) return MT_ERR_NOMEM;
+    float *p = s->scratch;
+    for (int i = 0; i < 12; i++) {
+        *bufs[i] = p;
+        p += widths[i] * nb;
+    }
+    s->pos = s->ids + nb;
+    s->seq = s->pos + nb;
+    s->out_rows = s->seq + nb;
+
+    s->logits_cap = 1;
+    s->logits = mt_malloc((size_t)c->n_vocab * sizeof(float), "logits");
+    if (!s->logits) return MT_ERR_NOMEM;
+
+    s->seq_len = mt_calloc((size_t)s->n_seq, sizeof(int), "sequence lengths");
+    if (!s->seq_len) return MT_ERR_NOMEM;
+    s->n_nodes_cap = 1 + c->n_layer * NODES_PER_LAYER;
+    s->nodes = mt_calloc((size_t)s->n_nodes_cap + 2, sizeof(mt_node), "node list");
+    if (!s->nodes) return MT_ERR_NOMEM;
+    return mt_pool_create(s->n_threads, &s->pool);
+}
+
+mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **out) {
+    *out = NULL;
+    mt_session_opts d = mt_session_default_opts();
+    if (!o) o = &d;
+    const mt_qwen2_config *c = &m->src.config;
+    if (o->n_seq < 1 || o->n_seq > 4096)
+        return mt_fail(MT_ERR_INVALID, "n_seq = %d is outside [1, 4096]", o->n_seq);
+    if (o->n_ctx < 0 || o->n_ctx > c->n_ctx_train)
+        return mt_fail(MT_ERR_INVALID, "n_ctx = %d is outside [0, %d] (the model's context length)", o->n_ctx,
+                       c->n_ctx_train);
+    if (o->n_batch < 0) return mt_fail(MT_ERR_INVALID, "n_batch = %d is negative", o->n_batch);
+    if (o->n_threads < 0 || o->n_threads > 1024)
+        return mt_fail(MT_ERR_INVALID, "n_threads = %d is outside [0, 1024]", o->n_threads);
+    mt_session *s = mt_calloc(1, sizeof *s, "session");
+    if (!s) return MT_ERR_NOMEM;
+    s->m = m;
+    s->c = c;
+    s->n_seq = o->n_seq;
+    s->n_threads = o->n_threads;
+    s->n_ctx = o->n_ctx ? o->n_ctx : default_ctx(c, o->n_seq);
+    if (s->n_ctx < 1) {
+        mt_session_free(s);
+        return mt_fail(MT_ERR_NOMEM, "no KV cache of even one position fits in a quarter of memory");
+    }
+    // more tokens than every sequence's whole context can never be decoded at once
+    int64_t most = (int64_t)s->n_ctx * s->n_seq;
+    s->n_batch = o->n_batch == 0 ? s->n_ctx : (int)(o->n_batch < most ? o->n_batch : most);
+    mt_status st = session_alloc(s);
+    if (st != MT_OK) {
+        mt_session_free(s);
+        return st;
+    }
+    *out = s;
+    return MT_OK;
+}
+
+int mt_session_n_ctx(const mt_session *s) {
+    return s->n_ctx;
+}
+uint64_t mt_session_kv_bytes_copied(const mt_session *s) {
+    return s->kv_bytes_copied;
+}
+
+void mt_session_seq_clear(mt_session *s, int seq) {
+    // attention reads positions 0..pos of the token's own sequence only, so stale rows are never read
+    // once the sequence is refilled from position 0: nothing to erase
+    if (seq >= 0 && seq < s->n_seq) s->seq_len[seq] = 0;
+}
+
+const float *mt_session_logits(const mt_session *s, int i) {
+    if (i < 0 || i >= s->n_logits) return NULL;
+    return s->logits + (size_t)i * (size_t)s->c->n_vocab;
+}
+
+static mt_status validate(const mt_session *s, const mt_batch *b) {
+    if (!b || b->n < 1 || !b->tokens || !b->pos || !b->seq)
+        return mt_fail(MT_ERR_INVALID, "batch is empty or lacks tokens/pos/seq");
+    if (b->n > s->n_batch)
+        return mt_fail(MT_ERR_RANGE, "batch of %d tokens exceeds the session's n_batch of %d", b->n,
+                       s->n_batch);
+    for (int i = 0; i < b->n; i++) {
+        if (b->tokens[i] < 0 || b->tokens[i] >= s->c->n_vocab)
+            return mt_fail(MT_ERR_INVALID, "token %d (batch index %d) is outside the vocabulary of %d",
+                           b->tokens[i], i, s->c->n_vocab);
+        if (b->seq[i] < 0 || b->seq[i] >= s->n_seq)
+            return mt_fail(MT_ERR_INVALID, "sequence %d (batch index %d) is outside [0, %d)", b->seq[i], i,
+                           s->n_seq);
+        if (b->pos[i] < 0 || b->pos[i] >= s->n_ctx)
+            return mt_fail(MT_ERR_RANGE, "position %d does not fit the context of %d tokens", b->pos[i],
+                           s->n_ctx);
+    }
+    return MT_OK;
+}
+
+static void tensor2(mt_tensor *t, float *data, int64_t ne0, int64_t ne1) {
+    int64_t ne[2] = {ne0, ne1};
+    MT_ASSERT(mt_tensor_init(t, MT_F32, 2, ne, data) == MT_OK);
+}
+
+static void tensor3(mt_tensor *t, float *data, int64_t ne0, int64_t ne1, int64_t ne2) {
+    int64_t ne[3] = {ne0, ne1, ne2};
+    MT_ASSERT(mt_tensor_init(t, MT_F32, 3, ne, data) == MT_OK);
+}
+
+static mt_node *emit(mt_node *nd, mt_op_kind op, const mt_tensor *a, const mt_tensor *b, const mt_tensor *c,
+                     mt_tensor *dst, const char *label) {
+    memset(nd, 0, sizeof *nd);
+    nd->op = op;
+    nd->src[0] = a;
+    nd->src[1] = b;
+    nd->src[2] = c;
+    nd->dst = dst;
+    nd->label = label;
+    return nd;
+}
+
+// Fills the descriptors and the body nodes (embedding and all blocks) for a batch of n tokens.
+static int build_body(mt_session *s, int n) {
+    const mt_qwen2_config *c = s->c;
+    const mt_qwen2_weights *w = &s->m->src.weights;
+    int64_t d = c->n_embd, hd = c->head_dim, H = c->n_head, KV = c->n_head_kv, ff = c->n_ff;
+    int64_t ne1 = n;
+    MT_ASSERT(mt_tensor_init(&s->t_ids, MT_I32, 1, &ne1, s->ids) == MT_OK);
+    tensor2(&s->t_x, s->x, d, n);
+    tensor2(&s->t_xn, s->xn, d, n);
+    tensor2(&s->t_q2, s->q, H * hd, n);
+    tensor3(&s->t_q3, s->q, hd, H, n);
+    tensor2(&s->t_k2, s->k, KV * hd, n);
+    tensor3(&s->t_k3, s->k, hd, KV, n);
+    tensor2(&s->t_v2, s->v, KV * hd, n);
+    tensor3(&s->t_v3, s->v, hd, KV, n);
+    tensor3(&s->t_att3, s->att, hd, H, n);
+    tensor2(&s->t_att2, s->att, H * hd, n);
+    tensor2(&s->t_tmp, s->tmp, d, n);
+    tensor2(&s->t_gate, s->gate, ff, n);
+    tensor2(&s->t_up, s->up, ff, n);
+    tensor2(&s->t_hid, s->hid, ff, n);
+
+    mt_node *nd = s->nodes;
+    emit(nd++, MT_OP_EMBEDDING, &w->tok_embd, &s->t_ids, NULL, &s->t_x, "embedding");
+    for (int l = 0; l < c->n_layer; l++) {
+        const mt_qwen2_layer *L = &w->layers[l];
+        mt_node *first = nd;
+        emit(nd++, MT_OP_RMSNORM, &s->t_x, &L->attn_norm, NULL, &s->t_xn, "attn_norm")->p.eps = c->rms_eps;
+        emit(nd++, MT_OP_MATMUL, &L->wq, &s->t_xn, &L->bq, &s->t_q2, "attn_q");
+        emit(nd++, MT_OP_MATMUL, &L->wk, &s->t_xn, &L->bk, &s->t_k2, "attn_k");
+        emit(nd++, MT_OP_MATMUL, &L->wv, &s->t_xn, &L->bv, &s->t_v2, "attn_v");
+        emit(nd++, MT_OP_ROPE, &s->t_q3, NULL, NULL, &s->t_q3, "rope_q");
+        emit(nd++, MT_OP_ROPE, &s->t_k3, NULL, NULL, &s->t_k3, "rope_k");
+        emit(nd++, MT_OP_KV_WRITE, &s->t_k3, NULL, NULL, &s->k_cache[l], "kv_write_k");
+        emit(nd++, MT_OP_KV_WRITE, &s->t_v3, NULL, NULL, &s->v_cache[l], "kv_write_v");
+        emit(nd++, MT_OP_ATTENTION, &s->t_q3, &s->k_cache[l], &s->v_cache[l], &s->t_att3, "sdpa");
+        emit(nd++, MT_OP_MATMUL, &L->wo, &s->t_att2, NULL, &s->t_tmp, "attn_output");
+        emit(nd++, MT_OP_ADD, &s->t_x, &s->t_tmp, NULL, &s->t_x, "attn_residual");
+        emit(nd++, MT_OP_RMSNORM, &s->t_x, &L->ffn_norm, NULL, &s->t_xn, "ffn_norm")->p.eps = c->rms_eps;
+        emit(nd++, MT_OP_MATMUL, &L->w_gate, &s->t_xn, NULL, &s->t_gate, "ffn_gate");
+        emit(nd++, MT_OP_MATMUL, &L->w_up, &s->t_xn, NULL, &s->t_up, "ffn_up");
+        emit(nd++, MT_OP_SWIGLU, &s->t_gate, &s->t_up, NULL, &s->t_hid, "ffn_swiglu");
+        emit(nd++, MT_OP_MATMUL, &L->w_down, &s->t_hid, NULL, &s->t_tmp, "ffn_down");
+        emit(nd++, MT_OP_ADD, &s->t_x, &s->t_tmp, NULL, &s->t_x, "ffn_residual");
+        MT_ASSERT(nd - first == NODES_PER_LAYER);
+        for (mt_node *p = first; p < nd; p++) {
+            // every position-dependent op gets the batch's positions and sequence slots
+            p->p.pos = s->pos;
+            p->p.seq = s->seq;
+            if (p->op == MT_OP_ROPE) p->p.freq_base = c->rope_base;
+        }
+    }
+    return (int)(nd - s->nodes);
+}
+
+// The head: final norm and output matrix over the gathered rows that want logits.
+static int build_head(mt_session *s, int n_out, mt_node *nd) {
+    const mt_qwen2_config *c = s->c;
+    const mt_qwen2_weights *w = &s->m->src.weights;
+    tensor2(&s->t_xo, s->xo, c->n_embd, n_out);
+    tensor2(&s->t_xon, s->xon, c->n_embd, n_out);
+    tensor2(&s->t_logits, s->logits, c->n_vocab, n_out);
+    emit(nd, MT_OP_RMSNORM, &s->t_xo, &w->out_norm, NULL, &s->t_xon, "output_norm")->p.eps = c->rms_eps;
+    emit(nd + 1, MT_OP_MATMUL, &w->output, &s->t_xon, NULL, &s->t_logits, "output");
+    return 2;
+}
+
+static mt_status check_nodes(const mt_node *nodes, int n) {
+    for (int i = 0; i < n; i++) {
+        mt_status st = mt_op_check(&nodes[i]);
+        if (st != MT_OK) {
+            char why[400];
+            snprintf(why, sizeof why, "%s", mt_last_error());
+            return mt_fail(MT_ERR_INTERNAL, "model graph node %d (%s): %s", i, nodes[i].label, why);
+        }
+    }
+    return MT_OK;
+}
+
+mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
+    MT_TRY(validate(s, b));
+    int n = b->n, n_out = 0;
+    memcpy(s->ids, b->tokens, (size_t)n * sizeof(int32_t));
+    memcpy(s->pos, b->pos, (size_t)n * sizeof(int32_t));
+    memcpy(s->seq, b->seq, (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++)
+        if (b->logits ? b->logits[i] != 0 : i == n - 1) s->out_rows[n_out++] = i;
+    if (n_out > s->logits_cap) {
+        // grows once to the largest request seen, never per token
+        float *l = realloc(s->logits, (size_t)n_out * (size_t)s->c->n_vocab * sizeof(float));
+        if (!l) return mt_fail(MT_ERR_NOMEM, "cannot allocate logits for %d tokens", n_out);
+        s->logits = l;
+        s->logits_cap = n_out;
+    }
+    s->n_logits = 0;
+
+    int n_body = build_body(s, n);
+    mt_node *head = s->nodes + n_body;
+    int n_head = n_out ? build_head(s, n_out, head) : 0;
+    if (n != s->checked_n || n_out != s->checked_out) {
+        // shapes changed: run the op checks once for this batch shape (positions are validated above)
+        MT_TRY(check_nodes(s->nodes, n_body));
+        if (n_head) MT_TRY(check_nodes(head, n_head));
+        s->checked_n = n;
+        s->checked_out = n_out;
+    }
+    mt_eager_run_unchecked(s->nodes, n_body, s->pool);
+    for (int i = 0; i < n; i++)
+        if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
+    if (n_head) {
+        size_t d = (size_t)s->c->n_embd;
+        for (int j = 0; j < n_out; j++)
+            memcpy(s->xo + (size_t)j * d, s->x + (size_t)s->out_rows[j] * d, d * sizeof(float));
+        mt_eager_run_unchecked(head, n_head, s->pool);
+    }
+    s->n_logits = n_out;
+    return MT_OK;
+}
