@@ -9,9 +9,15 @@
 
 #include "../backend/cpu/ops.h"
 
-static const char *tname(const mt_tensor *t, const char *role) {
-    return t->name ? t->name : role;
+// "role" or "role 'name'" for messages, formatted into a buffer the caller's expression owns.
+static const char *who(char *buf, size_t n, const mt_tensor *t, const char *role) {
+    if (t->name)
+        snprintf(buf, n, "%s '%s'", role, t->name);
+    else
+        snprintf(buf, n, "%s", role);
+    return buf;
 }
+#define WHO(t, role) who((char[96]){0}, 96, t, role)
 
 static mt_status need(const char *op, const mt_tensor *t, const char *role) {
     if (!t) return mt_fail(MT_ERR_INVALID, "%s: missing %s", op, role);
@@ -20,21 +26,21 @@ static mt_status need(const char *op, const mt_tensor *t, const char *role) {
         return mt_fail(MT_ERR_INVALID, "%s: %s has unsupported dtype id %d", op, role, (int)t->dtype);
     for (int i = 0; i < MT_MAX_DIMS; i++)
         if (t->ne[i] < 0)
-            return mt_fail(MT_ERR_INVALID, "%s: %s '%s' has negative ne[%d] = %lld", op, role, tname(t, role),
-                           i, (long long)t->ne[i]);
+            return mt_fail(MT_ERR_INVALID, "%s: %s has negative ne[%d] = %lld", op, WHO(t, role), i,
+                           (long long)t->ne[i]);
     // Kernels index rows through nb[1..3] but read each row as a packed array.
     if (t->nb[0] != (size_t)mt_dtype_get(t->dtype)->block_bytes)
-        return mt_fail(
-            MT_ERR_INVALID, "%s: %s '%s' rows are not contiguous: nb[0] = %zu, %s element is %d bytes", op,
-            role, tname(t, role), t->nb[0], mt_dtype_name(t->dtype), mt_dtype_get(t->dtype)->block_bytes);
+        return mt_fail(MT_ERR_INVALID, "%s: %s rows are not contiguous: nb[0] = %zu, %s element is %d bytes",
+                       op, WHO(t, role), t->nb[0], mt_dtype_name(t->dtype),
+                       mt_dtype_get(t->dtype)->block_bytes);
     return MT_OK;
 }
 
 static mt_status need_dtype(const char *op, const mt_tensor *t, const char *role, mt_dtype want) {
     MT_TRY(need(op, t, role));
     if (t->dtype != want)
-        return mt_fail(MT_ERR_INVALID, "%s: %s '%s' must be %s, not %s", op, role, tname(t, role),
-                       mt_dtype_name(want), mt_dtype_name(t->dtype));
+        return mt_fail(MT_ERR_INVALID, "%s: %s must be %s, not %s", op, WHO(t, role), mt_dtype_name(want),
+                       mt_dtype_name(t->dtype));
     return MT_OK;
 }
 
@@ -42,12 +48,12 @@ static mt_status need_dtype(const char *op, const mt_tensor *t, const char *role
 static mt_status need_weight(const char *op, const mt_tensor *t, const char *role) {
     MT_TRY(need(op, t, role));
     if (t->dtype == MT_I32)
-        return mt_fail(MT_ERR_INVALID, "%s: %s '%s' must be a float or quantized dtype, not i32", op, role,
-                       tname(t, role));
+        return mt_fail(MT_ERR_INVALID, "%s: %s must be a float or quantized dtype, not i32", op,
+                       WHO(t, role));
     int be = mt_dtype_get(t->dtype)->block_elems;
     if (t->ne[0] % be != 0)
-        return mt_fail(MT_ERR_INVALID, "%s: %s '%s' ne[0] = %lld is not a multiple of the %s block (%d)", op,
-                       role, tname(t, role), (long long)t->ne[0], mt_dtype_name(t->dtype), be);
+        return mt_fail(MT_ERR_INVALID, "%s: %s ne[0] = %lld is not a multiple of the %s block (%d)", op,
+                       WHO(t, role), (long long)t->ne[0], mt_dtype_name(t->dtype), be);
     return MT_OK;
 }
 
@@ -111,9 +117,12 @@ static mt_status need_positions(const char *op, const mt_op_params *p, int64_t n
         return mt_fail(MT_ERR_INVALID, "%s: p.seq is NULL for %lld tokens", op, (long long)n);
     for (int64_t i = 0; i < n; i++) {
         int64_t pos = p->pos[i];
-        if (pos < 0 || (ctx > 0 && pos >= ctx))
+        if (pos < 0 && ctx == 0)
+            return mt_fail(MT_ERR_INVALID, "%s: pos[%lld] = %lld is negative", op, (long long)i,
+                           (long long)pos);
+        if (ctx > 0 && (pos < 0 || pos >= ctx))
             return mt_fail(MT_ERR_INVALID, "%s: pos[%lld] = %lld outside [0, %lld)", op, (long long)i,
-                           (long long)pos, (long long)(ctx > 0 ? ctx : INT32_MAX));
+                           (long long)pos, (long long)ctx);
         if (n_seq > 0 && (p->seq[i] < 0 || p->seq[i] >= n_seq))
             return mt_fail(MT_ERR_INVALID, "%s: seq[%lld] = %d outside [0, %lld)", op, (long long)i,
                            (int)p->seq[i], (long long)n_seq);
