@@ -5,6 +5,7 @@
 //
 //   test-safetensors [--corpus DIR]     run the tests
 //   test-safetensors --dump FILE...     print each file's tensors (or its error); exit 1 on an error
+//   test-safetensors --hf-source DIR    load a Hugging Face folder, print what was read as JSON
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/safetensors.h"
+#include "model/loader.h"
 #include "harness.h"
 
 static const char *corpus_dir = "tests/fixtures/bad-safetensors";
@@ -419,8 +421,38 @@ static int dump(int argc, char **argv) {
     return rc;
 }
 
+// Loads a Hugging Face folder with mt_load_hf and prints what it read as one JSON object (for
+// tests/check_hf.py); on failure prints "error: <message>" and exits 1.
+static int hf_source(const char *dir) {
+    mt_model_source s;
+    if (mt_load_hf(dir, &s) != MT_OK) {
+        printf("error: %s\n", mt_last_error());
+        return 1;
+    }
+    const mt_qwen2_config *c = &s.config;
+    printf("{\"n_vocab\": %d, \"n_embd\": %d, \"n_layer\": %d, \"n_head\": %d, \"n_head_kv\": %d, "
+           "\"head_dim\": %d, \"n_ff\": %d, \"n_ctx_train\": %d, \"rms_eps\": %.9g, \"rope_base\": %.9g, "
+           "\"tied_output\": %s, \"bos_id\": %d, \"eos_ids\": [",
+           c->n_vocab, c->n_embd, c->n_layer, c->n_head, c->n_head_kv, c->head_dim, c->n_ff, c->n_ctx_train,
+           (double)c->rms_eps, (double)c->rope_base, c->tied_output ? "true" : "false", c->bos_id);
+    for (int i = 0; i < c->n_eos; i++) printf(i ? ", %d" : "%d", c->eos_ids[i]);
+    const mt_sampler_params *g = &s.gen;
+    printf("], \"temperature\": %.9g, \"top_k\": %d, \"top_p\": %.9g, \"min_p\": %.9g, "
+           "\"repeat_penalty\": %.9g, \"tokenizer_n_vocab\": %d, \"chat_template\": %s, "
+           "\"weight_bytes\": %zu, \"file_bytes\": %zu, \"n_mappings\": %d, \"dtype_wq\": \"%s\", "
+           "\"dtype_attn_norm\": \"%s\", \"output_is_embd\": %s}\n",
+           (double)g->temperature, g->top_k, (double)g->top_p, (double)g->min_p, (double)g->repeat_penalty,
+           mt_tokenizer_n_vocab(s.tokenizer), s.chat_template ? "true" : "false", s.weight_bytes,
+           s.file_bytes, s.n_mappings, mt_dtype_name(s.weights.layers[0].wq.dtype),
+           mt_dtype_name(s.weights.layers[0].attn_norm.dtype),
+           s.weights.output.data == s.weights.tok_embd.data ? "true" : "false");
+    mt_model_source_free(&s);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "--dump")) return dump(argc - 2, argv + 2);
+    if (argc == 3 && !strcmp(argv[1], "--hf-source")) return hf_source(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "--corpus")) corpus_dir = argv[2];
     make_tmpdir();
     RUN(test_corpus);
