@@ -7,6 +7,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "status.h"
@@ -45,15 +46,22 @@ static inline void wr32(uint8_t *p, uint32_t v) {
 // Branch-free half -> float (exact for every input, NaN payloads included): shifting the 15 low bits into
 // float position and scaling by 2^(127-15) fixes the exponent bias for normals and subnormals alike,
 // which lets the compiler vectorize F16 rows. mt_f16_to_f32 is the readable version.
+static inline float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
 static inline float f16_fast(uint16_t h) {
-    union {
-        uint32_t u;
-        float f;
-    } v = {.u = (uint32_t)(h & 0x7fff) << 13};
-    v.f *= 0x1p112f;
-    if ((h & 0x7c00) == 0x7c00) v.u = 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);
-    v.u |= (uint32_t)(h & 0x8000) << 16;
-    return v.f;
+    const uint32_t em = (uint32_t)(h & 0x7fff) << 13;
+    const uint32_t special = 0u - (uint32_t)((h & 0x7c00) == 0x7c00); // all ones for inf/nan
+    uint32_t u = f32_bits(bits_f32(em) * 0x1p112f);
+    u = (u & ~special) | ((0x7f800000u | em) & special);
+    return bits_f32(u | (uint32_t)(h & 0x8000) << 16);
 }
 static inline float half_at(const uint8_t *p) {
     return f16_fast(rd16(p));
@@ -61,13 +69,13 @@ static inline float half_at(const uint8_t *p) {
 
 // ---- block decoders: one block at `b` into `y` ----
 
-static inline void dec_q8_0(const uint8_t *b, float *y) {
+static inline void dec_q8_0(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b);
     const int8_t *qs = (const int8_t *)(b + 2);
     for (int j = 0; j < QK; j++) y[j] = (float)qs[j] * d;
 }
 
-static inline void dec_q4_0(const uint8_t *b, float *y) {
+static inline void dec_q4_0(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b);
     const uint8_t *qs = b + 2;
     for (int j = 0; j < QK / 2; j++) {
@@ -76,7 +84,7 @@ static inline void dec_q4_0(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_q4_1(const uint8_t *b, float *y) {
+static inline void dec_q4_1(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b), m = half_at(b + 2);
     const uint8_t *qs = b + 4;
     for (int j = 0; j < QK / 2; j++) {
@@ -85,7 +93,7 @@ static inline void dec_q4_1(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_q5_0(const uint8_t *b, float *y) {
+static inline void dec_q5_0(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b);
     const uint32_t qh = rd32(b + 2);
     const uint8_t *qs = b + 6;
@@ -96,7 +104,7 @@ static inline void dec_q5_0(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_q5_1(const uint8_t *b, float *y) {
+static inline void dec_q5_1(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b), m = half_at(b + 2);
     const uint32_t qh = rd32(b + 4);
     const uint8_t *qs = b + 8;
@@ -120,7 +128,7 @@ static inline void k_scale_min(int j, const uint8_t *s, int *sc, int *m) {
     }
 }
 
-static inline void dec_q4_k(const uint8_t *b, float *y) {
+static inline void dec_q4_k(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b + Q4_K_D), dmin = half_at(b + Q4_K_DMIN);
     const uint8_t *s = b + Q4_K_SCALES;
     const uint8_t *q = b + Q4_K_QS;
@@ -136,7 +144,7 @@ static inline void dec_q4_k(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_q5_k(const uint8_t *b, float *y) {
+static inline void dec_q5_k(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b + Q4_K_D), dmin = half_at(b + Q4_K_DMIN);
     const uint8_t *s = b + Q4_K_SCALES;
     const uint8_t *qh = b + Q5_K_QH;
@@ -155,7 +163,7 @@ static inline void dec_q5_k(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_q6_k(const uint8_t *b, float *y) {
+static inline void dec_q6_k(const uint8_t *restrict b, float *restrict y) {
     const float d = half_at(b + Q6_K_D);
     const int8_t *sc = (const int8_t *)(b + Q6_K_SCALES);
     // Two halves of 128: element 32*t + l of a half takes nibble (t >= 2) of ql[l + 32*(t & 1)] and bits
@@ -175,12 +183,12 @@ static inline void dec_q6_k(const uint8_t *b, float *y) {
     }
 }
 
-static inline void dec_f16(const uint8_t *b, float *y, int n) {
-    for (int i = 0; i < n; i++) y[i] = f16_fast(rd16(b + 2 * i));
+static inline void dec_f16(const uint8_t *restrict b, float *restrict y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = f16_fast(rd16(b + 2 * i));
 }
 
-static inline void dec_bf16(const uint8_t *b, float *y, int n) {
-    for (int i = 0; i < n; i++) y[i] = mt_bf16_to_f32(rd16(b + 2 * i));
+static inline void dec_bf16(const uint8_t *restrict b, float *restrict y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = bits_f32((uint32_t)rd16(b + 2 * i) << 16);
 }
 
 static const mt_dtype_info *info_checked(mt_dtype t, int64_t n, const char *what) {
@@ -199,10 +207,10 @@ static inline void decode_blocks(mt_dtype t, const uint8_t *b, float *y, int64_t
         memcpy(y, b, (size_t)nb * sizeof(float));
         break;
     case MT_F16:
-        for (int64_t i = 0; i < nb; i++) y[i] = f16_fast(rd16(b + 2 * i));
+        dec_f16(b, y, nb);
         break;
     case MT_BF16:
-        for (int64_t i = 0; i < nb; i++) y[i] = mt_bf16_to_f32(rd16(b + 2 * i));
+        dec_bf16(b, y, nb);
         break;
     case MT_Q8_0:
         for (int64_t i = 0; i < nb; i++) dec_q8_0(b + 34 * i, y + QK * i);
@@ -272,9 +280,9 @@ static float dot_plain(mt_dtype t, const uint8_t *row, const float *x, int64_t n
         while (i + LANES <= n) {
             int64_t m = n - i < QK_K ? (n - i) / LANES * LANES : QK_K;
             if (t == MT_F16)
-                dec_f16(row + esz * i, buf, (int)m);
+                dec_f16(row + esz * i, buf, m);
             else
-                dec_bf16(row + esz * i, buf, (int)m);
+                dec_bf16(row + esz * i, buf, m);
             accum(acc, buf, x + i, (int)m);
             i += m;
         }
@@ -365,23 +373,101 @@ static void enc_q8_0(const float *x, uint8_t *b) {
     for (int j = 0; j < QK; j++) qs[j] = (int8_t)clampi((int)roundf(x[j] * id), -127, 127);
 }
 
-// Symmetric 4/5-bit blocks: the largest-magnitude element maps exactly onto the most negative level
-// (-8 or -16), which uses the extra negative code instead of wasting it.
-static void enc_sym(const float *x, uint8_t *d_out, uint8_t *q, int levels) {
-    const float mx = signed_absmax(x, QK);
-    const float d = mx / -(float)(levels / 2), id = d != 0.0f ? 1.0f / d : 0.0f;
-    wr16(d_out, mt_f32_to_f16(d));
-    for (int j = 0; j < QK; j++)
-        q[j] = (uint8_t)clampi((int)(x[j] * id + (float)(levels / 2) + 0.5f), 0, levels - 1);
+// Fits x ~ s*q with integer q in [-nneg, nneg-1]. The starting grid puts the largest-magnitude element
+// on -nneg (using the formats' extra negative code); nearby grid spacings are tried too, s is refit by
+// least squares for each assignment, and the lowest squared error wins.
+static float fit_sym(const float *x, int n, int nneg) {
+    const float mx = signed_absmax(x, n);
+    if (mx == 0.0f) return 0.0f;
+    float best_s = mx / -(float)nneg;
+    double best_err = INFINITY;
+    for (int k = -10; k <= 10; k++) {
+        const float iscale = -((float)nneg + 0.1f * (float)k) / mx;
+        double sqq = 0, sqx = 0;
+        int qv[QK];
+        for (int i = 0; i < n; i++) {
+            qv[i] = clampi(nearest(iscale * x[i]), -nneg, nneg - 1);
+            sqq += (double)qv[i] * qv[i];
+            sqx += (double)qv[i] * x[i];
+        }
+        if (sqq <= 0) continue;
+        const double sc = sqx / sqq;
+        double err = 0;
+        for (int i = 0; i < n; i++) {
+            const double e = sc * qv[i] - x[i];
+            err += e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_s = (float)sc;
+        }
+    }
+    return best_s;
 }
 
-static void enc_asym(const float *x, uint8_t *dm_out, uint8_t *q, int levels) {
+// Fits x ~ s*q + o with q in [0, nmax], the same way (grid around min/max, least-squares refit of s and
+// o). With `nonpos_offset` the offset is kept <= 0: K-quants store it as a subtracted unsigned min.
+static void fit_affine(const float *x, int n, int nmax, bool nonpos_offset, float *s_out, float *o_out) {
     float lo, hi;
-    min_max(x, QK, &lo, &hi);
-    const float d = (hi - lo) / (float)(levels - 1), id = d != 0.0f ? 1.0f / d : 0.0f;
-    wr16(dm_out, mt_f32_to_f16(d));
-    wr16(dm_out + 2, mt_f32_to_f16(lo));
-    for (int j = 0; j < QK; j++) q[j] = (uint8_t)clampi((int)((x[j] - lo) * id + 0.5f), 0, levels - 1);
+    min_max(x, n, &lo, &hi);
+    if (nonpos_offset && lo > 0.0f) lo = 0.0f;
+    if (hi <= lo) { // constant block: the offset alone represents it
+        *s_out = 0.0f;
+        *o_out = lo;
+        return;
+    }
+    float best_s = (hi - lo) / (float)nmax, best_o = lo;
+    double best_err = INFINITY;
+    for (int k = -10; k <= 10; k++) {
+        const float iscale = ((float)nmax + 0.1f * (float)k) / (hi - lo);
+        double sq = 0, sqq = 0, sx = 0, sqx = 0;
+        int qv[QK];
+        for (int i = 0; i < n; i++) {
+            qv[i] = clampi(nearest(iscale * (x[i] - lo)), 0, nmax);
+            sq += qv[i];
+            sqq += (double)qv[i] * qv[i];
+            sx += x[i];
+            sqx += (double)qv[i] * x[i];
+        }
+        const double det = n * sqq - sq * sq;
+        if (det <= 0) continue;
+        double sc = (n * sqx - sq * sx) / det, o = (sqq * sx - sq * sqx) / det;
+        if (nonpos_offset && o > 0) { // clamp the offset and refit the scale alone
+            o = 0;
+            sc = sqx / sqq;
+        }
+        if (sc < 0) continue;
+        double err = 0;
+        for (int i = 0; i < n; i++) {
+            const double e = sc * qv[i] + o - x[i];
+            err += e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_s = (float)sc;
+            best_o = (float)o;
+        }
+    }
+    *s_out = best_s;
+    *o_out = best_o;
+}
+
+// Q4_0 / Q5_0: codes are q + nneg. Quantization uses the stored (f16-rounded) scale, which is what the
+// decoder will multiply by.
+static void enc_sym(const float *x, uint8_t *d_out, uint8_t *q, int nneg) {
+    wr16(d_out, mt_f32_to_f16(fit_sym(x, QK, nneg)));
+    const float d = half_at(d_out), id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK; j++) q[j] = (uint8_t)(clampi(nearest(x[j] * id), -nneg, nneg - 1) + nneg);
+}
+
+// Q4_1 / Q5_1: d and m stored as f16, value d*q + m.
+static void enc_affine(const float *x, uint8_t *dm_out, uint8_t *q, int nmax) {
+    float s, o;
+    fit_affine(x, QK, nmax, false, &s, &o);
+    wr16(dm_out, mt_f32_to_f16(s));
+    wr16(dm_out + 2, mt_f32_to_f16(o));
+    const float d = half_at(dm_out), m = half_at(dm_out + 2), id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK; j++) q[j] = (uint8_t)clampi(nearest((x[j] - m) * id), 0, nmax);
 }
 
 static void pack_nibbles(const uint8_t *q, uint8_t *qs) {
@@ -396,83 +482,37 @@ static uint32_t pack_high_bits(const uint8_t *q) {
 
 static void enc_q4_0(const float *x, uint8_t *b) {
     uint8_t q[QK];
-    enc_sym(x, b, q, 16);
+    enc_sym(x, b, q, 8);
     pack_nibbles(q, b + 2);
 }
 
 static void enc_q4_1(const float *x, uint8_t *b) {
     uint8_t q[QK];
-    enc_asym(x, b, q, 16);
+    enc_affine(x, b, q, 15);
     pack_nibbles(q, b + 4);
 }
 
 static void enc_q5_0(const float *x, uint8_t *b) {
     uint8_t q[QK];
-    enc_sym(x, b, q, 32);
+    enc_sym(x, b, q, 16);
     wr32(b + 2, pack_high_bits(q));
     pack_nibbles(q, b + 6);
 }
 
 static void enc_q5_1(const float *x, uint8_t *b) {
     uint8_t q[QK];
-    enc_asym(x, b, q, 32);
+    enc_affine(x, b, q, 31);
     wr32(b + 4, pack_high_bits(q));
     pack_nibbles(q, b + 8);
-}
-
-// Fits x ~ s*q + o with q in [0, nmax] and o <= 0 (the K-quant min is subtracted, so it cannot be
-// positive). Tries a few grid spacings around the min/max one, refits (s, o) by least squares for each
-// assignment, and keeps the lowest squared error. Returns s >= 0 and mn = -o >= 0.
-static void fit_asym(const float *x, int n, int nmax, float *s_out, float *mn_out) {
-    float lo, hi;
-    min_max(x, n, &lo, &hi);
-    if (lo > 0.0f) lo = 0.0f;
-    if (hi <= lo) { // constant block (<= 0): the offset alone represents it
-        *s_out = 0.0f;
-        *mn_out = -lo;
-        return;
-    }
-    float best_s = (hi - lo) / (float)nmax, best_o = lo, best_err = INFINITY;
-    for (int k = -10; k <= 10; k++) {
-        const float iscale = ((float)nmax + 0.1f * (float)k) / (hi - lo);
-        double sq = 0, sqq = 0, sx = 0, sqx = 0;
-        int qv[QK];
-        for (int i = 0; i < n; i++) {
-            qv[i] = clampi(nearest(iscale * (x[i] - lo)), 0, nmax);
-            sq += qv[i];
-            sqq += (double)qv[i] * qv[i];
-            sx += x[i];
-            sqx += (double)qv[i] * x[i];
-        }
-        double det = n * sqq - sq * sq, s, o;
-        if (det <= 0) continue;
-        s = (n * sqx - sq * sx) / det;
-        o = (sqq * sx - sq * sqx) / det;
-        if (o > 0) { // clamp the offset and refit the scale alone
-            o = 0;
-            s = sqq > 0 ? sqx / sqq : 0;
-        }
-        if (s < 0) continue;
-        double err = 0;
-        for (int i = 0; i < n; i++) {
-            double e = s * qv[i] + o - x[i];
-            err += e * e;
-        }
-        if (err < best_err) {
-            best_err = (float)err;
-            best_s = (float)s;
-            best_o = (float)o;
-        }
-    }
-    *s_out = best_s;
-    *mn_out = -best_o;
 }
 
 // Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins relative to the f16 super-block d and dmin.
 static void enc_k_asym(const float *x, uint8_t *b, int nmax, uint8_t *L) {
     float s[8], mn[8], smax = 0.0f, mmax = 0.0f;
     for (int j = 0; j < 8; j++) {
-        fit_asym(x + 32 * j, 32, nmax, &s[j], &mn[j]);
+        float o;
+        fit_affine(x + 32 * j, 32, nmax, true, &s[j], &o);
+        mn[j] = -o;
         smax = fmaxf(smax, s[j]);
         mmax = fmaxf(mmax, mn[j]);
     }
@@ -520,40 +560,10 @@ static void enc_q5_k(const float *x, uint8_t *b) {
         }
 }
 
-// Fits x ~ s*q with q in [-32, 31]: grid spacings around the one that puts the largest-magnitude
-// element on -32, each refit by least squares.
-static float fit_sym6(const float *x, int n) {
-    const float mx = signed_absmax(x, n);
-    if (mx == 0.0f) return 0.0f;
-    float best_s = mx / -32.0f, best_err = INFINITY;
-    for (int k = -8; k <= 8; k++) {
-        const float iscale = -(32.0f + 0.1f * (float)k) / mx;
-        double sqq = 0, sqx = 0;
-        int qv[16];
-        for (int i = 0; i < n; i++) {
-            qv[i] = clampi(nearest(iscale * x[i]), -32, 31);
-            sqq += (double)qv[i] * qv[i];
-            sqx += (double)qv[i] * x[i];
-        }
-        if (sqq <= 0) continue;
-        const double s = sqx / sqq;
-        double err = 0;
-        for (int i = 0; i < n; i++) {
-            double e = s * qv[i] - x[i];
-            err += e * e;
-        }
-        if (err < best_err) {
-            best_err = (float)err;
-            best_s = (float)s;
-        }
-    }
-    return best_s;
-}
-
 static void enc_q6_k(const float *x, uint8_t *b) {
     float s[16], smax = 0.0f;
     for (int j = 0; j < 16; j++) {
-        s[j] = fit_sym6(x + 16 * j, 16);
+        s[j] = fit_sym(x + 16 * j, 16, 32);
         if (fabsf(s[j]) > fabsf(smax)) smax = s[j];
     }
     // As in the symmetric 4/5-bit blocks: the largest scale lands on -128.
