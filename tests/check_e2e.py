@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""End-to-end check: the engine's logits and greedy tokens against the NumPy Qwen2 reference.
+
+Writes the tiny random-weight models (tools/gen_tiny_model.py) into BUILD/fixtures, runs the model API
+tests on one of them, then for each model and prompt length (1, 2, 7, 64, 300 random ids, fixed seed)
+prefills in one batch and greedy-decodes 8 steps with `test-model --logits`, and compares every logits row
+with tests/ref_qwen2.py (max abs diff relative to max |logit|) and the greedy tokens (identical). On the
+real model, when present: a 16-token prompt's last-position logits and 4 greedy steps.
+
+  check_e2e.py --build build [--model MODEL.gguf] [--no-real]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from ref_qwen2 import Qwen2Ref  # noqa: E402
+
+# name, generator flags, tolerance (relative to max |logit|)
+TINY = [
+    ("tiny-f32-tied", ["--dtype", "f32", "--tied", "--layers", "2", "--rope-base", "10000", "--seed", "11"], 1e-4),
+    ("tiny-f32-untied", ["--dtype", "f32", "--layers", "3", "--rope-base", "1000000", "--seed", "12"], 1e-4),
+    ("tiny-f16-untied", ["--dtype", "f16", "--layers", "2", "--rope-base", "1000000", "--seed", "13"], 2e-3),
+    # Q8_0 weights are dequantized exactly by the reference; the looser bound leaves room for kernels that
+    # quantize activations too
+    ("tiny-q8_0-untied", ["--dtype", "q8_0", "--layers", "2", "--rope-base", "10000", "--seed", "14"], 5e-3),
+]
+PROMPT_LENS = [1, 2, 7, 64, 300]
+DECODE_STEPS = 8
+REAL_MODEL = os.path.join(ROOT, "models", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+
+passed = failed = skipped = 0
+
+
+def report(ok, name, detail):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name} ({detail})")
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}")
+    sys.stdout.flush()
+
+
+def skip(name, why):
+    global skipped
+    skipped += 1
+    print(f"skip {name}: {why}")
+
+
+def run_engine(binary, model, ids, steps, tmp):
+    """Returns (rows [len(ids)+steps, vocab], greedy tokens) or raises with the engine's error."""
+    ids_path = os.path.join(tmp, "ids.txt")
+    out_path = os.path.join(tmp, "logits.f32")
+    with open(ids_path, "w") as f:
+        f.write(" ".join(str(i) for i in ids))
+    p = subprocess.run([binary, "--logits", model, ids_path, out_path, "--decode-steps", str(steps)],
+                       capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"engine exit {p.returncode}: {p.stderr.strip()[-400:]}")
+    toks, kv_copied = None, None
+    for line in p.stdout.splitlines():
+        if line.startswith("greedy:"):
+            toks = [int(t) for t in line.split()[1:]]
+        if line.startswith("kv_bytes_copied:"):
+            kv_copied = int(line.split()[1])
+    rows = np.fromfile(out_path, dtype=np.float32)
+    return rows, toks, kv_copied
+
+
+def compare(name, eng_rows, eng_toks, ref_rows, ref_toks, tol, kv_copied):
+    if eng_rows.size != ref_rows.size:
+        report(False, name, f"engine wrote {eng_rows.size} logits, reference has {ref_rows.size}")
+        return
+    eng = eng_rows.reshape(ref_rows.shape).astype(np.float64)
+    if not np.all(np.isfinite(eng)):
+        report(False, name, "engine logits are not finite")
+        return
+    rel = np.abs(eng - ref_rows).max() / np.abs(ref_rows).max()
+    ok = rel < tol and eng_toks == ref_toks and kv_copied == 0
+    detail = f"rel diff {rel:.2e} < {tol:g}, greedy {eng_toks}"
+    if eng_toks != ref_toks:
+        detail = f"greedy tokens differ: engine {eng_toks}, reference {ref_toks}; rel diff {rel:.2e}"
+    elif rel >= tol:
+        detail = f"rel diff {rel:.2e} >= {tol:g}"
+    elif kv_copied != 0:
+        detail = f"{kv_copied} KV bytes copied"
+    report(ok, name, detail)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--model", default=REAL_MODEL)
+    ap.add_argument("--no-real", action="store_true", help="skip the real-model case")
+    a = ap.parse_args()
+    binary = os.path.join(a.build, "tests", "test-model")
+    fixtures = os.path.join(a.build, "fixtures")
+    os.makedirs(fixtures, exist_ok=True)
+
+    models = []
+    for name, flags, tol in TINY:
+        path = os.path.join(fixtures, name + ".gguf")
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_tiny_model.py"), path] + flags,
+                           capture_output=True, text=True)
+        report(p.returncode == 0, f"generate {name}", p.stderr.strip()[-300:] or "written")
+        if p.returncode == 0:
+            models.append((name, path, tol))
+
+    if not os.access(binary, os.X_OK):
+        report(False, "engine", f"{binary} is not built")
+        print(f"{passed} passed, {failed} failed, {skipped} skipped")
+        return 1
+
+    # the C API tests on a fixture they know the shape of
+    p = subprocess.run([binary, os.path.join(fixtures, "tiny-f32-untied.gguf")], capture_output=True, text=True,
+                       timeout=600)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    report(p.returncode == 0 and " 0 failed" in last and " 0 skipped" in last, "test-model API cases",
+           last if p.returncode == 0 else p.stdout[-800:] + p.stderr[-400:])
+
+    rng = np.random.default_rng(20240601)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path, tol in models:
+            ref = Qwen2Ref(path)
+            for n in PROMPT_LENS:
+                case = f"{name} prompt {n} + {DECODE_STEPS} steps"
+                ids = [int(x) for x in rng.integers(0, ref.n_vocab, n)]
+                try:
+                    rows, toks, kvc = run_engine(binary, path, ids, DECODE_STEPS, tmp)
+                except Exception as e:  # noqa: BLE001 - any engine failure is this case's failure
+                    report(False, case, str(e))
+                    continue
+                ref_rows, ref_toks = ref.run(ids, DECODE_STEPS)
+                compare(case, rows, toks, ref_rows, ref_toks, tol, kvc)
+
+        if a.no_real or not os.path.exists(a.model):
+            skip("real model", f"{a.model} absent" if not a.no_real else "--no-real")
+        else:
+            case = "real model 16-token prompt + 4 steps"
+            ref = Qwen2Ref(a.model)
+            ids = [int(x) for x in np.random.default_rng(7).integers(0, 151000, 16)]
+            try:
+                rows, toks, kvc = run_engine(binary, a.model, ids, 4, tmp)
+                rows = rows.reshape(-1, ref.n_vocab)[len(ids) - 1 :]  # last prompt position + decode steps
+                ref_rows, ref_toks = ref.run(ids, 4, last_only=True)
+                compare(case, rows, toks, ref_rows, ref_toks, 1e-3, kvc)
+            except Exception as e:  # noqa: BLE001
+                report(False, case, str(e))
+
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
