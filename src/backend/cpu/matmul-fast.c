@@ -1,0 +1,88 @@
+// Fast CPU matmul: dispatch on the instruction-set level, scratch for quantized activations.
+#include "matmul-fast.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "cpu-features.h"
+#include "matmul-isa.h"
+#include "ops.h"
+
+bool mt_cpu_matmul_fast_supports(mt_dtype t) {
+    switch (t) {
+    case MT_F32:
+    case MT_F16:
+    case MT_BF16:
+    case MT_Q8_0:
+    case MT_Q4_0:
+    case MT_Q5_0:
+    case MT_Q4_K:
+    case MT_Q5_K:
+    case MT_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+// Layouts of the quantized activation blocks (matmul-kernels.inc): a float scale and 32 int8, or a
+// float scale, 16 int16 sums and 256 int8.
+size_t mt_mm_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
+    switch (t) {
+    case MT_Q8_0:
+    case MT_Q4_0:
+    case MT_Q5_0:
+        return (size_t)(k / 32) * 36 * (size_t)n;
+    case MT_Q4_K:
+    case MT_Q5_K:
+    case MT_Q6_K:
+        return (size_t)(k / 256) * 292 * (size_t)n;
+    default:
+        return 0;
+    }
+}
+
+size_t mt_cpu_matmul_fast_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
+    return mt_mm_scratch_bytes(t, k, n);
+}
+
+void mt_cpu_matmul_fast_ex(const mt_node *node, int ith, int nth, void *scratch) {
+    const mt_tensor *w = node->src[0];
+    if (!mt_cpu_matmul_fast_supports(w->dtype)) {
+        mt_cpu_op_matmul(node, ith, nth);
+        return;
+    }
+    switch (mt_cpu_isa()) {
+    case MT_ISA_AVX512:
+        mt_mm_run_avx512(node, ith, nth, scratch);
+        return;
+    case MT_ISA_AVX2:
+        mt_mm_run_avx2(node, ith, nth, scratch);
+        return;
+    default:
+        mt_cpu_op_matmul(node, ith, nth);
+        return;
+    }
+}
+
+// Per-thread scratch, kept for the thread's lifetime and grown only when a larger matmul arrives.
+static _Thread_local void *tl_scratch;
+static _Thread_local size_t tl_scratch_cap;
+
+void mt_cpu_matmul_fast(const mt_node *node, int ith, int nth) {
+    const mt_tensor *w = node->src[0], *x = node->src[1];
+    // Prefill threads quantize only their own tokens; decode threads quantize all of them.
+    const int64_t n = x->ne[1] >= 8 && nth > 1 ? (x->ne[1] + nth - 1) / nth : x->ne[1];
+    const size_t need = mt_mm_scratch_bytes(w->dtype, w->ne[0], n);
+    if (need > tl_scratch_cap) {
+        void *p = malloc(need + need / 4); // headroom so slowly growing batches do not reallocate each time
+        if (!p) {
+            mt_cpu_op_matmul(node, ith, nth);
+            return;
+        }
+        free(tl_scratch);
+        tl_scratch = p;
+        tl_scratch_cap = need + need / 4;
+    }
+    mt_cpu_matmul_fast_ex(node, ith, nth, tl_scratch);
+}
