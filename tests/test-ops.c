@@ -201,6 +201,32 @@ static void case_matmul(mt_dtype t, int64_t k, int64_t m, int64_t n, int with_bi
     free(wq), free(wf), free(wd), free(x), free(bias), free(ref), free(ref_orig);
 }
 
+// A batch of tokens gives bit for bit the same rows as one token at a time (prefill == decode).
+static void test_matmul_batch_consistency(void) {
+    static const mt_dtype dts[] = {MT_F32, MT_F16, MT_Q8_0, MT_Q4_K};
+    enum { KMAX = 259, M = 9, N = 7 };
+    static float wf[KMAX * M], wd[KMAX * M], x[KMAX * N], bias[M], yb[M * N], y1[M];
+    rng_seed(4242);
+    fill_rand(wf, KMAX * M, 1), fill_rand(x, KMAX * N, 1), fill_rand(bias, M, 1);
+    for (size_t di = 0; di < sizeof dts / sizeof dts[0]; di++) {
+        int64_t k = mt_dtype_get(dts[di])->block_elems == 1 ? KMAX : 256; // a tail after the 8-wide loop
+        void *wq = encode_rows(dts[di], wf, k, M, wd);
+        mt_tensor W = mk(dts[di], k, M, 1, 1, wq), X = mk(MT_F32, k, N, 1, 1, x),
+                  B = mk(MT_F32, M, 1, 1, 1, bias);
+        mt_tensor Y = mk(MT_F32, M, N, 1, 1, yb);
+        mt_node all = {.op = MT_OP_MATMUL, .src = {&W, &X, &B}, .dst = &Y};
+        CHECK(mt_eager_run(&all, 1, pools[1]) == MT_OK, "%s", mt_last_error());
+        for (int t = 0; t < N; t++) {
+            mt_tensor Xt = mk(MT_F32, k, 1, 1, 1, x + t * k), Yt = mk(MT_F32, M, 1, 1, 1, y1);
+            mt_node one = {.op = MT_OP_MATMUL, .src = {&W, &Xt, &B}, .dst = &Yt};
+            CHECK(mt_eager_run(&one, 1, pools[0]) == MT_OK, "%s", mt_last_error());
+            CHECK(memcmp(y1, yb + t * M, sizeof y1) == 0, "%s: token %d differs between batch and single",
+                  mt_dtype_name(dts[di]), t);
+        }
+        free(wq);
+    }
+}
+
 // ---- EMBEDDING ----
 
 static void case_embedding(mt_dtype t, int64_t d, int64_t vocab, int64_t n, uint64_t seed) {
@@ -747,6 +773,7 @@ int main(void) {
     RUN(test_check_attention);
     RUN(test_check_others);
     RUN(test_chain);
+    RUN(test_matmul_batch_consistency);
 
     // MATMUL: every weight dtype; block-32 types with K not a multiple of 256; with and without bias.
     static const mt_dtype dts[] = {MT_F32,  MT_F16,  MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q4_1,
