@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "model/generate.h"
 #include "model/sampler.h"
 
 #define BIG_VOCAB 151936
@@ -271,6 +272,37 @@ static void test_param_check(void) {
           "n_vocab 0 accepted");
 }
 
+// Top-K logprobs against a brute-force log-softmax and ranking (ties to the lower id).
+static void test_top_logprobs(void) {
+    enum { K = 12 };
+    float *l = malloc(BIG_VOCAB * sizeof *l);
+    random_logits(l, BIG_VOCAB, 77, 6.0f);
+    l[5000] = l[100] = 9.0f; // a tie at the top: id 100 ranks first
+    double mx = -1e30, z = 0;
+    for (int i = 0; i < BIG_VOCAB; i++) mx = l[i] > mx ? l[i] : mx;
+    for (int i = 0; i < BIG_VOCAB; i++) z += exp(l[i] - mx);
+    int want[K];
+    for (int j = 0; j < K; j++) { // selection by scanning
+        int b = -1;
+        for (int i = 0; i < BIG_VOCAB; i++) {
+            int taken = 0;
+            for (int q = 0; q < j; q++) taken |= want[q] == i;
+            if (!taken && (b < 0 || l[i] > l[b])) b = i;
+        }
+        want[j] = b;
+    }
+    mt_logprob got[K];
+    mt_top_logprobs(l, BIG_VOCAB, K, got);
+    CHECK(got[0].id == 100 && got[1].id == 5000, "tie order %d %d", got[0].id, got[1].id);
+    for (int j = 0; j < K; j++) {
+        double ref = l[want[j]] - mx - log(z);
+        CHECK(got[j].id == want[j], "rank %d: id %d want %d", j, got[j].id, want[j]);
+        CHECK(fabs(got[j].logprob - ref) < 1e-5, "rank %d: logprob %g want %g", j, (double)got[j].logprob,
+              ref);
+    }
+    free(l);
+}
+
 int main(void) {
     RUN(test_greedy_is_argmax);
     RUN(test_seed_reproducible);
@@ -280,5 +312,6 @@ int main(void) {
     RUN(test_min_p_exact);
     RUN(test_repeat_penalty);
     RUN(test_param_check);
+    RUN(test_top_logprobs);
     return th_summary();
 }
