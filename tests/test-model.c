@@ -161,6 +161,11 @@ static void test_range_errors(mt_model *m) {
     seq = 2;
     CHECK(mt_session_decode(s, &b) == MT_ERR_INVALID, "bad sequence slot");
     seq = 0;
+    pos = 1;
+    st = mt_session_decode(s, &b);
+    CHECK(st == MT_ERR_RANGE && strstr(mt_last_error(), "gap"), "skipping position 0 gave %s: %s",
+          mt_status_name(st), mt_last_error());
+    pos = 0;
     CHECK(mt_session_decode(s, &b) == MT_OK, "good token after errors: %s", mt_last_error());
     CHECK(mt_session_logits(s, 0) != NULL && mt_session_logits(s, 1) == NULL, "one logits row");
     mt_session_opts o = mt_session_default_opts();

@@ -25,7 +25,8 @@ struct mt_session {
     const mt_qwen2_config *c;
     int n_ctx, n_seq, n_batch, n_threads;
     mt_pool *pool;
-    int *seq_len; // [n_seq] highest position written + 1
+    int *seq_len;   // [n_seq] highest position written + 1
+    int *seq_count; // [n_seq] tokens of each sequence in the current batch
 
     float *kv;          // one allocation: K then V of every layer
     mt_tensor *k_cache; // [n_layer] each [hd, n_kv, n_ctx, n_seq]
@@ -186,8 +187,9 @@ static mt_status session_alloc(mt_session *s) {
     s->logits = mt_malloc((size_t)c->n_vocab * sizeof(float), "logits");
     if (!s->logits) return MT_ERR_NOMEM;
 
-    s->seq_len = mt_calloc((size_t)s->n_seq, sizeof(int), "sequence lengths");
+    s->seq_len = mt_calloc(2 * (size_t)s->n_seq, sizeof(int), "sequence lengths");
     if (!s->seq_len) return MT_ERR_NOMEM;
+    s->seq_count = s->seq_len + s->n_seq;
     s->n_nodes_cap = 1 + c->n_layer * NODES_PER_LAYER;
     s->nodes = mt_calloc((size_t)s->n_nodes_cap + 2, sizeof(mt_node), "node list");
     if (!s->nodes) return MT_ERR_NOMEM;
@@ -248,7 +250,7 @@ const float *mt_session_logits(const mt_session *s, int i) {
     return s->logits + (size_t)i * (size_t)s->c->n_vocab;
 }
 
-static mt_status validate(const mt_session *s, const mt_batch *b) {
+static mt_status validate(mt_session *s, const mt_batch *b) {
     if (!b || b->n < 1 || !b->tokens || !b->pos || !b->seq)
         return mt_fail(MT_ERR_INVALID, "batch is empty or lacks tokens/pos/seq");
     if (b->n > s->n_batch)
@@ -264,6 +266,17 @@ static mt_status validate(const mt_session *s, const mt_batch *b) {
         if (b->pos[i] < 0 || b->pos[i] >= s->n_ctx)
             return mt_fail(MT_ERR_RANGE, "position %d does not fit the context of %d tokens", b->pos[i],
                            s->n_ctx);
+    }
+    // a token may not skip ahead of its sequence: attention would read cache rows never written
+    for (int i = 0; i < b->n; i++) s->seq_count[b->seq[i]] = 0;
+    for (int i = 0; i < b->n; i++) s->seq_count[b->seq[i]]++;
+    for (int i = 0; i < b->n; i++) {
+        int have = s->seq_len[b->seq[i]], n_new = s->seq_count[b->seq[i]];
+        if (b->pos[i] >= have + n_new)
+            return mt_fail(
+                MT_ERR_RANGE,
+                "position %d of sequence %d leaves a gap: it holds %d positions and the batch adds %d",
+                b->pos[i], b->seq[i], have, n_new);
     }
     return MT_OK;
 }
