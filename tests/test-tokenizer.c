@@ -356,42 +356,138 @@ static void test_bad_json(void) {
     CHECK(mt_tokenizer_from_hf_json("/nonexistent/tokenizer.json", &t) == MT_ERR_IO, "missing file");
 }
 
+// ---- GGUF metadata -------------------------------------------------------------------------------------
+
+typedef struct gbuf {
+    unsigned char data[1 << 16];
+    size_t n;
+} gbuf;
+
+static void g_raw(gbuf *b, const void *p, size_t n) {
+    MT_ASSERT(b->n + n <= sizeof b->data);
+    memcpy(b->data + b->n, p, n);
+    b->n += n;
+}
+static void g_u32(gbuf *b, uint32_t v) {
+    g_raw(b, &v, 4);
+}
+static void g_u64(gbuf *b, uint64_t v) {
+    g_raw(b, &v, 8);
+}
+static void g_str(gbuf *b, const char *s) {
+    g_u64(b, strlen(s));
+    g_raw(b, s, strlen(s));
+}
+static void g_kv_str(gbuf *b, const char *key, const char *v) {
+    g_str(b, key);
+    g_u32(b, MT_GGUF_STRING);
+    g_str(b, v);
+}
+
+// A GGUF v3 file with no tensors and a 256-byte-token vocabulary plus "h e" -> "he".
+static size_t small_gguf(gbuf *b, const char *model, const char *pre, bool bad_merge) {
+    b->n = 0;
+    g_raw(b, "GGUF", 4);
+    g_u32(b, 3);
+    g_u64(b, 0);
+    g_u64(b, 5);
+    g_kv_str(b, "tokenizer.ggml.model", model);
+    g_kv_str(b, "tokenizer.ggml.pre", pre);
+    char buf[16];
+    g_str(b, "tokenizer.ggml.tokens");
+    g_u32(b, MT_GGUF_ARRAY);
+    g_u32(b, MT_GGUF_STRING);
+    g_u64(b, 258);
+    for (int i = 0; i < 256; i++) {
+        char *o = buf;
+        put_utf8(&o, mapped_cp(i));
+        *o = 0;
+        g_str(b, buf);
+    }
+    g_str(b, "he");
+    g_str(b, "<|end|>");
+    g_str(b, "tokenizer.ggml.token_type");
+    g_u32(b, MT_GGUF_ARRAY);
+    g_u32(b, MT_GGUF_I32);
+    g_u64(b, 258);
+    for (int i = 0; i < 258; i++) g_u32(b, i == 257 ? MT_TOKEN_CONTROL : MT_TOKEN_NORMAL);
+    g_str(b, "tokenizer.ggml.merges");
+    g_u32(b, MT_GGUF_ARRAY);
+    g_u32(b, MT_GGUF_STRING);
+    g_u64(b, 1);
+    g_str(b, bad_merge ? "h q" : "h e");
+    return b->n;
+}
+
+static void test_gguf_metadata(void) {
+    static gbuf b;
+    mt_gguf *g = NULL;
+    mt_tokenizer *t = NULL;
+    small_gguf(&b, "gpt2", "qwen2", false);
+    CHECK(mt_gguf_open_memory(b.data, b.n, &g) == MT_OK, "open: %s", mt_last_error());
+    if (!g) return;
+    CHECK(mt_tokenizer_from_gguf(g, &t) == MT_OK, "load: %s", mt_last_error());
+    mt_gguf_close(g);
+    if (t) {
+        expect_ids(t, "hehe<|end|>", 11, true, (const int32_t[]){256, 256, 257, -1});
+        CHECK(mt_tokenizer_is_special(t, 257) && !mt_tokenizer_is_special(t, 256), "types");
+        mt_tokenizer_free(t);
+    }
+    static const struct {
+        const char *model, *pre;
+        bool bad_merge;
+        mt_status want;
+        const char *msg;
+    } cases[] = {
+        {"llama", "qwen2", false, MT_ERR_UNSUPPORTED, "\"llama\""},
+        {"gpt2", "llama-bpe", false, MT_ERR_UNSUPPORTED, "\"llama-bpe\""},
+        {"gpt2", "qwen2", true, MT_ERR_FORMAT, "merge 0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        small_gguf(&b, cases[i].model, cases[i].pre, cases[i].bad_merge);
+        g = NULL;
+        t = NULL;
+        CHECK(mt_gguf_open_memory(b.data, b.n, &g) == MT_OK, "open %zu", i);
+        if (!g) continue;
+        mt_status st = mt_tokenizer_from_gguf(g, &t);
+        CHECK(st == cases[i].want && t == NULL, "case %zu: status %s", i, mt_status_name(st));
+        CHECK(strstr(mt_last_error(), cases[i].msg) != NULL, "case %zu: \"%s\" lacks %s", i, mt_last_error(),
+              cases[i].msg);
+        mt_gguf_close(g);
+    }
+}
+
 // ---- chat template -------------------------------------------------------------------------------------
+
+// Renders and compares with the exact expected prompt.
+static void expect_render(const mt_chat_msg *msgs, int n, const char *sys, bool gen, const char *want) {
+    char *out = NULL;
+    CHECK(mt_chat_render(msgs, n, sys, gen, &out) == MT_OK, "render: %s", mt_last_error());
+    const char *got = out ? out : "(null)";
+    CHECK(strcmp(got, want) == 0, "got \"%s\"", got);
+    free(out);
+}
 
 static void test_chat_render(void) {
     const char *sys = mt_chat_default_system(NULL);
     CHECK(strcmp(sys, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.") == 0, "%s",
           sys);
     mt_chat_msg msgs[] = {{"user", "Hi there"}, {"assistant", "Hello!"}, {"user", "Write \"x\"\n"}};
-    char *out = NULL;
-    CHECK(mt_chat_render(msgs, 3, sys, true, &out) == MT_OK, "render");
-    CHECK(
-        out &&
-            strcmp(out,
-                   "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-                   "assistant.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
-                   "Hello!<|im_end|>\n<|im_start|>user\nWrite \"x\"\n<|im_end|>\n<|im_start|>assistant\n") ==
-                0,
-        "got %s", out);
-    free(out);
+    expect_render(msgs, 3, sys, true,
+                  "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                  "assistant.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+                  "Hello!<|im_end|>\n<|im_start|>user\nWrite \"x\"\n<|im_end|>\n<|im_start|>assistant\n");
     mt_chat_msg with_sys[] = {{"system", "Be brief."}, {"user", "2+2?"}};
-    CHECK(mt_chat_render(with_sys, 2, sys, false, &out) == MT_OK, "render");
-    CHECK(out &&
-              strcmp(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n") == 0,
-          "got %s", out);
-    free(out);
-    CHECK(mt_chat_render(msgs, 1, NULL, true, &out) == MT_OK, "render");
-    CHECK(out && strcmp(out, "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n") == 0, "got %s",
-          out);
-    free(out);
+    expect_render(with_sys, 2, sys, false,
+                  "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n");
+    expect_render(msgs, 1, NULL, true, "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n");
     mt_chat_msg tools[] = {{"user", "q"}, {"tool", "r1"}, {"tool", "r2"}};
-    CHECK(mt_chat_render(tools, 3, NULL, false, &out) == MT_OK, "render");
-    CHECK(out &&
-              strcmp(out,
-                     "<|im_start|>user\nq<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n</tool_response>"
-                     "\n<tool_response>\nr2\n</tool_response><|im_end|>\n") == 0,
-          "got %s", out);
-    free(out);
+    expect_render(tools, 3, NULL, false,
+                  "<|im_start|>user\nq<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n</tool_response>"
+                  "\n<tool_response>\nr2\n</tool_response><|im_end|>\n");
+    expect_render(NULL, 0, sys, true,
+                  "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                  "assistant.<|im_end|>\n<|im_start|>assistant\n");
 }
 
 static void test_chat_unknown_role(void) {
@@ -481,6 +577,32 @@ static void test_model_round_trip(mt_tokenizer *t) {
         }
         free(ids);
     }
+    // Seeded random bytes (mostly invalid UTF-8) never crash and round-trip byte for byte.
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (int r = 0; r < 300; r++) {
+        char rnd[96];
+        size_t rl = 1 + (size_t)r % sizeof rnd;
+        for (size_t i = 0; i < rl; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            // Bias towards bytes that form and break multi-byte sequences.
+            rnd[i] = (char)(x % 3 == 0 ? 0x80 | (x >> 8) % 64 : (x >> 16) % 256);
+        }
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK(mt_tokenizer_encode(t, rnd, rl, r % 2 == 0, &ids, &n) == MT_OK && n >= 1 && n <= rl,
+              "random %d", r);
+        char buf[128];
+        size_t o = 0;
+        for (size_t j = 0; j < n; j++) {
+            const char *b;
+            size_t bl;
+            if (mt_tokenizer_token_bytes(t, ids[j], &b, &bl) != MT_OK || o + bl > sizeof buf) break;
+            memcpy(buf + o, b, bl);
+            o += bl;
+        }
+        CHECK(o == rl && memcmp(buf, rnd, rl) == 0, "random %d round trip", r);
+        free(ids);
+    }
     // A long run of one character stays fast and exact (BPE is not quadratic).
     size_t big = 200000;
     char *s = malloc(big);
@@ -552,6 +674,7 @@ int main(int argc, char **argv) {
     RUN(test_special_tokens);
     RUN(test_detokenizer);
     RUN(test_bad_json);
+    RUN(test_gguf_metadata);
     RUN(test_chat_render);
     RUN(test_chat_unknown_role);
     RUN(test_chat_default_system_from_template);
