@@ -338,6 +338,12 @@ static void test_bad_json(void) {
         {"{\"model\": {\"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", "
          "\"use_regex\": true}}",
          "use_regex"},
+        {"{\"model\": {\"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", "
+         "\"use_regex\": false}, \"added_tokens\": [{\"id\": 0, \"content\": \"<s>\", \"lstrip\": true}]}",
+         "lstrip"},
+        {"{\"model\": {\"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", "
+         "\"pattern\": {\"Regex\": \"\\\\s+\"}}}",
+         "Split pattern"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         FILE *f = fopen(path, "w");

@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,16 +59,13 @@ static uint32_t byte_to_cp(int b) {
 }
 
 static int16_t cp_to_byte_tab[324];
-static int16_t byte_to_cp_tab[256];
 
-static void init_byte_map(void) {
-    if (byte_to_cp_tab['!'] == '!') return; // already built (idempotent, same values from any thread)
+static void build_byte_map(void) {
     for (int i = 0; i < 324; i++) cp_to_byte_tab[i] = -1;
     for (int b = 0; b < 256; b++) {
         uint32_t cp = byte_to_cp(b);
         MT_ASSERT(cp < 324);
         cp_to_byte_tab[cp] = (int16_t)b;
-        byte_to_cp_tab[b] = (int16_t)cp;
     }
 }
 
@@ -198,7 +196,8 @@ static mt_status tok_alloc(mt_tokenizer **out, int64_t n_vocab) {
     t->len = mt_calloc((size_t)n_vocab, sizeof *t->len, "token lengths");
     if (!t->type || !t->off || !t->len) return MT_ERR_NOMEM;
     for (int64_t i = 0; i < n_vocab; i++) t->type[i] = MT_TOKEN_UNUSED;
-    init_byte_map();
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, build_byte_map);
     return MT_OK;
 }
 
@@ -546,6 +545,14 @@ mt_status mt_tokenizer_from_hf_json(const char *path, mt_tokenizer **out) {
         const cJSON *special = cJSON_GetObjectItemCaseSensitive(e, "special");
         int type = cJSON_IsTrue(special) ? MT_TOKEN_CONTROL : MT_TOKEN_USER_DEFINED;
         const char *c = content->valuestring;
+        // Whitespace-stripping and whole-word added tokens match differently; none of Qwen's do.
+        static const char *const flags[] = {"lstrip", "rstrip", "single_word"};
+        for (int f = 0; f < 3; f++)
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, flags[f]))) {
+                st = mt_fail(MT_ERR_UNSUPPORTED, "%s: added token \"%.64s\" has %s set (unsupported)", path,
+                             c, flags[f]);
+                goto done;
+            }
         if ((st = set_token(t, (int32_t)id->valuedouble, c, strlen(c), type, scratch)) != MT_OK) goto done;
     }
     if ((st = tok_index(t)) != MT_OK) goto done;
