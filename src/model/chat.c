@@ -28,6 +28,7 @@ static bool jinja_literal(const char *s, const char *stop, char *out, size_t cap
     return o > 0;
 }
 
+// A prompt read from the template lives in a per-thread buffer, valid until the next call on the thread.
 const char *mt_chat_default_system(const char *template_text) {
     static _Thread_local char buf[1024];
     if (!template_text) return QWEN25_SYSTEM;
