@@ -661,6 +661,14 @@ static void test_check_others(void) {
     mt_tensor C2 = mk(MT_F32, HD, H - 1, 8, 2, cache);
     n.dst = &C2;
     REJECT(&n, "n_kv", "kv head count");
+    n = kv;
+    mt_tensor C0 = mk(MT_F32, HD, H, 0, 2, cache);
+    n.dst = &C0;
+    REJECT(&n, "pos[0] = 1 outside [0, 0)", "empty cache");
+    n = kv;
+    int32_t seq_neg[N] = {0, -1, 0};
+    n.p.seq = seq_neg;
+    REJECT(&n, "seq[1] = -1", "negative seq");
     // embedding
     mt_tensor T = mk(MT_F32, HD, 10, 1, 1, tab), I = mk(MT_I32, N, 1, 1, 1, ids),
               E = mk(MT_F32, HD, N, 1, 1, y);

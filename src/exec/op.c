@@ -108,22 +108,23 @@ static mt_status need_no_alias(const char *op, const mt_tensor *dst, const mt_te
                    in_place_ok ? " without being the same view" : " (not allowed for this op)");
 }
 
-// Tokens of a batch: pos (and seq) arrays must be present and in range for every token.
+// Tokens of a batch: pos (and seq) arrays must be present and in range for every token. ctx < 0: positions
+// only need to be non-negative, and no seq array is used (rope).
 static mt_status need_positions(const char *op, const mt_op_params *p, int64_t n, int64_t ctx,
                                 int64_t n_seq) {
     if (n > 0 && !p->pos)
         return mt_fail(MT_ERR_INVALID, "%s: p.pos is NULL for %lld tokens", op, (long long)n);
-    if (n > 0 && n_seq > 0 && !p->seq)
+    if (n > 0 && ctx >= 0 && !p->seq)
         return mt_fail(MT_ERR_INVALID, "%s: p.seq is NULL for %lld tokens", op, (long long)n);
     for (int64_t i = 0; i < n; i++) {
         int64_t pos = p->pos[i];
-        if (pos < 0 && ctx == 0)
+        if (pos < 0 && ctx < 0)
             return mt_fail(MT_ERR_INVALID, "%s: pos[%lld] = %lld is negative", op, (long long)i,
                            (long long)pos);
-        if (ctx > 0 && (pos < 0 || pos >= ctx))
+        if (ctx >= 0 && (pos < 0 || pos >= ctx))
             return mt_fail(MT_ERR_INVALID, "%s: pos[%lld] = %lld outside [0, %lld)", op, (long long)i,
                            (long long)pos, (long long)ctx);
-        if (n_seq > 0 && (p->seq[i] < 0 || p->seq[i] >= n_seq))
+        if (ctx >= 0 && (p->seq[i] < 0 || p->seq[i] >= n_seq))
             return mt_fail(MT_ERR_INVALID, "%s: seq[%lld] = %d outside [0, %lld)", op, (long long)i,
                            (int)p->seq[i], (long long)n_seq);
     }
@@ -209,7 +210,7 @@ static mt_status check_rope(const mt_node *n) {
     if (!(n->p.freq_base > 0 && isfinite(n->p.freq_base)))
         return mt_fail(MT_ERR_INVALID, "rope: freq_base = %g must be finite and > 0", (double)n->p.freq_base);
     MT_TRY(need_no_alias(op, dst, x, "x", true));
-    return need_positions(op, &n->p, x->ne[2], 0, 0);
+    return need_positions(op, &n->p, x->ne[2], -1, 0);
 }
 
 static mt_status check_kv_write(const mt_node *n) {
