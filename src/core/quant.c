@@ -29,8 +29,15 @@ enum {
     Q6_K_D = 208,
 };
 
+// Little-endian hosts read fields with plain (unaligned-safe) loads, which vectorize; others assemble bytes.
 static inline uint16_t rd16(const uint8_t *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+#else
     return (uint16_t)(p[0] | (p[1] << 8));
+#endif
 }
 static inline uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
@@ -207,11 +214,20 @@ static inline void decode_blocks(mt_dtype t, const uint8_t *b, float *y, int64_t
         memcpy(y, b, (size_t)nb * sizeof(float));
         break;
     case MT_F16:
-        dec_f16(b, y, nb);
+    case MT_BF16: {
+        int64_t i = 0;
+        for (; i + QK_K <= nb; i += QK_K) { // constant trip counts vectorize
+            if (t == MT_F16)
+                dec_f16(b + 2 * i, y + i, QK_K);
+            else
+                dec_bf16(b + 2 * i, y + i, QK_K);
+        }
+        if (t == MT_F16)
+            dec_f16(b + 2 * i, y + i, nb - i);
+        else
+            dec_bf16(b + 2 * i, y + i, nb - i);
         break;
-    case MT_BF16:
-        dec_bf16(b, y, nb);
-        break;
+    }
     case MT_Q8_0:
         for (int64_t i = 0; i < nb; i++) dec_q8_0(b + 34 * i, y + QK * i);
         break;
@@ -269,22 +285,31 @@ static float dot_plain(mt_dtype t, const uint8_t *row, const float *x, int64_t n
     float buf[QK_K];
     const int esz = t == MT_F32 ? 4 : 2;
     int64_t i = 0;
+    // Fixed-size chunks throughout: at -O2 the compiler vectorizes only loops of constant trip count.
     if (t == MT_F32) {
         const float *a = (const float *)(const void *)row;
-        float tmp[LANES];
+        for (; i + QK_K <= n; i += QK_K) {
+            memcpy(buf, a + i, QK_K * sizeof(float)); // rows may be unaligned views of a file mapping
+            accum(acc, buf, x + i, QK_K);
+        }
         for (; i + LANES <= n; i += LANES) {
-            memcpy(tmp, a + i, sizeof tmp); // rows may be unaligned views of a file mapping
-            for (int l = 0; l < LANES; l++) acc[l] += tmp[l] * x[i + l];
+            memcpy(buf, a + i, LANES * sizeof(float)); // rows may be unaligned views of a file mapping
+            accum(acc, buf, x + i, LANES);
         }
     } else {
-        while (i + LANES <= n) {
-            int64_t m = n - i < QK_K ? (n - i) / LANES * LANES : QK_K;
+        for (; i + QK_K <= n; i += QK_K) {
             if (t == MT_F16)
-                dec_f16(row + esz * i, buf, m);
+                dec_f16(row + esz * i, buf, QK_K);
             else
-                dec_bf16(row + esz * i, buf, m);
-            accum(acc, buf, x + i, (int)m);
-            i += m;
+                dec_bf16(row + esz * i, buf, QK_K);
+            accum(acc, buf, x + i, QK_K);
+        }
+        for (; i + LANES <= n; i += LANES) {
+            if (t == MT_F16)
+                dec_f16(row + esz * i, buf, LANES);
+            else
+                dec_bf16(row + esz * i, buf, LANES);
+            accum(acc, buf, x + i, LANES);
         }
     }
     float s = lanes_sum(acc);
