@@ -211,6 +211,17 @@ if ok:
             why = f"row {i} repeats ids"
     report("logprobs sorted, <= 0, sum <= 1, first == greedy token", not why, why)
 
+    # A context with room for only 2 more positions: the 3rd token is sampled from the last position's
+    # logits, then generation stops as "length" with the same tokens greedy gave before.
+    rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "10", "--output-format", "json",
+                        "--raw", "--ctx", str(len(tok_prompt) + 2)])
+    try:
+        jc = json.loads(out)
+        ok = rc == 0 and jc["stop_reason"] == "length" and jc["tokens"] == j1["tokens"][:3]
+    except (ValueError, KeyError):
+        ok, jc = False, out
+    report("generation stops at the end of the context", ok, f"rc={rc} {jc} vs {j1['tokens']} {err!r}")
+
     # Text output of the same greedy run: the same text on stdout, the timing line on stderr.
     rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "5"] + COMMON)
     report("text output streams the same text", rc == 0 and out.rstrip("\n") == j1["text"].rstrip("\n"),

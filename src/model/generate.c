@@ -166,7 +166,7 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
             break;
         }
         if (out->n_tokens >= o->max_tokens) break;
-        if (n_hist >= n_ctx) break; // no position left for this token: the context is full
+        if (n_hist > n_ctx) break; // this token's position n_hist - 1 is past the context: full
         int32_t p1 = n_hist - 1, s1 = o->seq;
         mt_batch one = {1, &id, &p1, &s1, NULL};
         if ((st = mt_session_decode(s, &one)) != MT_OK) goto done;
