@@ -127,6 +127,34 @@ def main():
     report(p.returncode == 0 and " 0 failed" in last and " 0 skipped" in last, "test-model API cases",
            last if p.returncode == 0 else p.stdout[-800:] + p.stderr[-400:])
 
+    # broken files: the load fails naming the tensor; a file without QKV biases loads and matches
+    broken = [
+        ("bad shape", ["--bad-shape", "blk.1.attn_k.weight"], "blk.1.attn_k.weight"),
+        ("missing tensor", ["--drop", "blk.0.ffn_up.weight"], "missing tensor blk.0.ffn_up.weight"),
+        ("bad bias shape", ["--bad-shape", "blk.0.attn_v.bias"], "blk.0.attn_v.bias"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, flags, needle in broken:
+            path = os.path.join(tmp, "broken.gguf")
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_tiny_model.py"), path] + flags,
+                           capture_output=True, check=True)
+            try:
+                run_engine(binary, path, [1, 2, 3], 0, tmp)
+                report(False, f"load error: {what}", "the broken file loaded")
+            except RuntimeError as e:
+                report(needle in str(e), f"load error: {what}", str(e)[-200:])
+        path = os.path.join(tmp, "nobias.gguf")
+        drop = sum((["--drop", f"blk.{i}.attn_{x}.bias"] for i in range(2) for x in "qkv"), [])
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_tiny_model.py"), path] + drop,
+                       capture_output=True, check=True)
+        ids = [5, 17, 200, 3, 9]
+        try:
+            rows, toks, kvc = run_engine(binary, path, ids, 4, tmp)
+            ref_rows, ref_toks = Qwen2Ref(path).run(ids, 4)
+            compare("no QKV biases (zero bias)", rows, toks, ref_rows, ref_toks, 1e-4, kvc)
+        except RuntimeError as e:
+            report(False, "no QKV biases (zero bias)", str(e))
+
     rng = np.random.default_rng(20240601)
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, tol in models:

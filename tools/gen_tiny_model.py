@@ -8,6 +8,7 @@ from a fixed text (256 byte tokens, some merges, the Qwen special tokens), or co
 
   gen_tiny_model.py OUT.gguf --dtype f32|f16|q8_0 [--tied] [--layers 2] [--rope-base 1e6]
                     [--vocab-from MODEL.gguf | --vocab-from synthetic] [--seed S]
+                    [--drop TENSOR] [--bad-shape TENSOR]   (broken files for the load-error tests)
 """
 
 import argparse
@@ -118,6 +119,8 @@ def main():
     ap.add_argument("--merges", type=int, default=61, help="merges of the synthetic vocabulary")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--arch", default="qwen2", help="architecture name written (tests use a wrong one)")
+    ap.add_argument("--drop", action="append", default=[], help="leave this tensor out (load-error tests)")
+    ap.add_argument("--bad-shape", action="append", default=[], help="write this tensor one row short")
     a = ap.parse_args()
 
     if a.vocab_from == "synthetic":
@@ -158,6 +161,10 @@ def main():
     w.add_chat_template(CHAT_TEMPLATE)
 
     def put(name, arr, matrix=True):
+        if name in a.drop:
+            return
+        if name in a.bad_shape:
+            arr = arr[:-1] if arr.ndim == 2 else arr[:-2]
         if not matrix or a.dtype == "f32":
             w.add_tensor(name, arr.astype(np.float32))
         elif a.dtype == "f16":
