@@ -311,7 +311,7 @@ int cli_parse(int argc, char **argv, cli_opts *o) {
             fprintf(stderr, "metallic: unknown flag '%s' (see metallic --help)\n", a);
             return 2;
         }
-        const char *v = NULL;
+        const char *v = ""; // flags without a value ignore it
         if (flags[f].takes_value) {
             if (eq && a[1] == '-')
                 v = eq + 1;

@@ -311,7 +311,9 @@ static bool convo_add(convo *c, const char *role, const char *content) {
     }
     char *dup = strdup(content);
     if (!dup) return false;
-    c->msgs[c->n++] = (mt_chat_msg){role, dup};
+    c->msgs[c->n].role = role;
+    c->msgs[c->n].content = dup;
+    c->n++;
     return true;
 }
 

@@ -124,7 +124,7 @@ static void test_top_k(void) {
     float *l = malloc(BIG_VOCAB * sizeof *l);
     random_logits(l, BIG_VOCAB, 5, 2.0f);
     // The 5 best, by scanning.
-    int top[5];
+    int top[5] = {0};
     for (int j = 0; j < 5; j++) {
         int b = -1;
         for (int i = 0; i < BIG_VOCAB; i++) {
@@ -281,7 +281,7 @@ static void test_top_logprobs(void) {
     double mx = -1e30, z = 0;
     for (int i = 0; i < BIG_VOCAB; i++) mx = l[i] > mx ? l[i] : mx;
     for (int i = 0; i < BIG_VOCAB; i++) z += exp(l[i] - mx);
-    int want[K];
+    int want[K] = {0};
     for (int j = 0; j < K; j++) { // selection by scanning
         int b = -1;
         for (int i = 0; i < BIG_VOCAB; i++) {

@@ -42,7 +42,7 @@ void mt_top_logprobs(const float *logits, int n_vocab, int k, mt_logprob *out) {
         if (logits[i] > mx) mx = logits[i];
     double z = 0.0;
     for (int i = 0; i < n_vocab; i++) z += exp((double)logits[i] - mx);
-    const double lse = mx + log(z);
+    const double lse = mx + log(z > 0 ? z : 1.0); // z >= 1 unless every logit is NaN
     // Insertion into a sorted list of k: a new entry is rare after the first few, so this stays ~O(n).
     int have = 0;
     for (int i = 0; i < n_vocab; i++) {
