@@ -134,7 +134,7 @@ static mt_status parse_eos(const cJSON *v, const char *file, mt_qwen2_config *c)
 static mt_status read_config(hf_ctx *h, mt_qwen2_config *c) {
     cJSON *j;
     MT_TRY(read_json(h, "config.json", false, &j));
-    const char *f = "config.json";
+    const char *f = h->path; // read_json left the file's path here
     mt_status st = MT_OK;
     memset(c, 0, sizeof *c);
     const cJSON *v;
@@ -235,7 +235,7 @@ static mt_status read_generation(hf_ctx *h, mt_model_source *s) {
     cJSON *j;
     MT_TRY(read_json(h, "generation_config.json", true, &j));
     if (!j) return MT_OK;
-    const char *f = "generation_config.json";
+    const char *f = h->path;
     mt_sampler_params p = s->gen;
     mt_status st = MT_OK;
     static const char *const keys[] = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"};
