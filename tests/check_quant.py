@@ -3,8 +3,8 @@
 For every dtype: random raw blocks (random bits, f16 scale fields set to sane finite values) decoded by
 `test-quant --dequant` must equal gguf.quants.dequantize within 1e-6 relative. Where gguf has a
 quantizer, our `test-quant --quant` output (decoded by gguf, which also checks our block layout) must
-have a round-trip RMS error at most 1.5x gguf's own. K-quant encodings (no gguf quantizer) are decoded
-by gguf and must meet the per-type error bound. If the default model is present, the first rows of one
+have a round-trip RMS error at most 1.5x gguf's own, and identical bytes for f32, f16, bf16 and q8_0.
+K-quant encodings (no gguf quantizer) are decoded by gguf and must meet the per-type error bound. If the default model is present, the first rows of one
 tensor of each dtype in it are decoded by both and compared too.
 
 Usage: check_quant.py --build build
@@ -37,6 +37,8 @@ TYPES = [
     ("q6_k", T.Q6_K, 256, 210, [208]),
 ]
 HAS_GGUF_QUANTIZER = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}
+# Encoders that follow the reference rounding exactly (the others search scales, so only error is compared).
+BYTE_IDENTICAL = {"f32", "f16", "bf16", "q8_0"}
 # Relative RMS round-trip bounds (same as tests/test-quant.c).
 ROUNDTRIP_TOL = {"q4_k": 0.10, "q5_k": 0.05, "q6_k": 0.03}
 
@@ -64,11 +66,11 @@ def run_tool(binary, mode, tname, data, tmp):
         return f.read()
 
 
-def random_blocks(rng, tname, be, bb, offsets, nblocks):
+def random_blocks(rng, gtype, be, bb, offsets, nblocks):
     """Raw block bytes: random bits, with finite f16 scales of magnitude in [1e-3, 1]."""
     if be == 1:  # plain types: random finite values of varied magnitude
         vals = (rng.standard_normal(nblocks) * 10.0 ** rng.uniform(-3, 3, nblocks)).astype(np.float32)
-        return np.frombuffer(quants.quantize(vals, dict((t[0], t[1]) for t in TYPES)[tname]).tobytes(), np.uint8)
+        return np.frombuffer(quants.quantize(vals, gtype).tobytes(), np.uint8)
     raw = rng.integers(0, 256, size=(nblocks, bb), dtype=np.uint8)
     for off in offsets:
         mag = 10.0 ** rng.uniform(-3, 0, nblocks)
@@ -125,6 +127,9 @@ def check_quant(binary, tname, gtype, be, bb, rng, tmp):
         e_ref = rel_rms(ref, x)
         ok = e_ours <= 1.5 * e_ref + 1e-12
         report(ok, f"quant {tname}", f"rel rms ours {e_ours:.6f}, gguf {e_ref:.6f}")
+        if tname in BYTE_IDENTICAL:
+            same = np.array_equal(q, np.frombuffer(ref_q.tobytes(), np.uint8))
+            report(same, f"quant {tname} bytes", "identical to gguf" if same else "bytes differ from gguf")
     else:
         tol = ROUNDTRIP_TOL[tname]
         report(e_ours <= tol, f"quant {tname}", f"rel rms ours {e_ours:.6f} (bound {tol}), decoded by gguf")
@@ -166,7 +171,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for tname, gtype, be, bb, offsets in TYPES:
             for nblocks in (1, 7, 300):
-                raw = random_blocks(rng, tname, be, bb, offsets, nblocks)
+                raw = random_blocks(rng, gtype, be, bb, offsets, nblocks)
                 compare_dequant(binary, tname, gtype, be, bb, raw, tmp, f"dequant {tname} x{nblocks}")
         for tname, gtype, be, bb, _ in TYPES:
             check_quant(binary, tname, gtype, be, bb, rng, tmp)

@@ -389,6 +389,7 @@ static int read_file(const char *path, uint8_t **data, size_t *size) {
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     *data = malloc(sz > 0 ? (size_t)sz : 1);
+    if (sz < 0 || !*data) return fclose(f), fprintf(stderr, "cannot read %s\n", path), 1;
     *size = (size_t)sz;
     size_t got = fread(*data, 1, *size, f);
     fclose(f);
@@ -422,6 +423,7 @@ static int tool(const char *mode, const char *type, const char *in, const char *
         } else {
             const int64_t n = (int64_t)(size / (size_t)di->block_bytes) * di->block_elems;
             float *f = malloc((size_t)(n ? n : 1) * sizeof *f);
+            MT_ASSERT(f);
             mt_dequantize_row(t, data, f, n);
             rc = write_file(out, f, (size_t)n * sizeof *f);
             free(f);
@@ -435,6 +437,7 @@ static int tool(const char *mode, const char *type, const char *in, const char *
             size_t rb = mt_dtype_row_bytes(t, n);
             uint8_t *q = malloc(rb ? rb : 1);
             float *x = malloc(size ? size : 1);
+            MT_ASSERT(q && x);
             memcpy(x, data, size); // aligned copy of the input
             mt_quantize_row(t, x, q, n);
             rc = write_file(out, q, rb);

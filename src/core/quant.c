@@ -287,13 +287,13 @@ static float dot_plain(mt_dtype t, const uint8_t *row, const float *x, int64_t n
     int64_t i = 0;
     // Fixed-size chunks throughout: at -O2 the compiler vectorizes only loops of constant trip count.
     if (t == MT_F32) {
-        const float *a = (const float *)(const void *)row;
+        // memcpy: rows may be unaligned views of a file mapping
         for (; i + QK_K <= n; i += QK_K) {
-            memcpy(buf, a + i, QK_K * sizeof(float)); // rows may be unaligned views of a file mapping
+            memcpy(buf, row + 4 * i, QK_K * sizeof(float));
             accum(acc, buf, x + i, QK_K);
         }
         for (; i + LANES <= n; i += LANES) {
-            memcpy(buf, a + i, LANES * sizeof(float)); // rows may be unaligned views of a file mapping
+            memcpy(buf, row + 4 * i, LANES * sizeof(float));
             accum(acc, buf, x + i, LANES);
         }
     } else {
