@@ -47,7 +47,7 @@ void mt_session_free(mt_session *s);
 int mt_session_n_ctx(const mt_session *s);
 
 typedef struct mt_batch {
-    int n;                // tokens in this batch
+    int n;                 // tokens in this batch
     const int32_t *tokens; // [n]
     const int32_t *pos;    // [n] position of each token in its sequence
     const int32_t *seq;    // [n] sequence slot of each token

@@ -310,7 +310,16 @@ static int tool_logits(int argc, char **argv) {
     int32_t *ids = malloc(cap * sizeof *ids);
     long v;
     while (fscanf(f, "%ld", &v) == 1) {
-        if (n == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
+        if (n == cap) {
+            int32_t *more = realloc(ids, (cap *= 2) * sizeof *ids);
+            if (!more) {
+                fprintf(stderr, "out of memory reading %s\n", argv[3]);
+                free(ids);
+                fclose(f);
+                return 1;
+            }
+            ids = more;
+        }
         ids[n++] = (int32_t)v;
     }
     fclose(f);
