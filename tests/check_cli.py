@@ -7,8 +7,10 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 MODEL = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 ap = argparse.ArgumentParser()
@@ -145,54 +147,56 @@ if os.path.isdir(bad_dir):
 else:
     skip("malformed GGUF", f"{bad_dir} absent")
 
-# --- with the real model ----------------------------------------------------------------------------------
-if not have_model:
-    for name in ("tokenize", "greedy json", "seed", "text output", "inspect", "context overflow"):
-        skip(name, f"{args.model} absent")
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    sys.exit(1 if failed else 0)
-
-PROMPT = "def fibonacci(n):"
-COMMON = ["--raw", "--ctx", "128", "--threads", "2"]
-
-rc, out, err = run(["tokenize", M, "Hello world<|im_end|>"])
-try:
-    tok_special = json.loads(out)
-except ValueError:
-    tok_special = None
-report("tokenize: JSON array only, special token parsed",
-       rc == 0 and isinstance(tok_special, list) and tok_special[-1] == 151645 and len(tok_special) == 3
-       and out.strip().startswith("[") and out.count("\n") == 1, f"rc={rc} out={out!r} err={err!r}")
-rc, out, err = run(["tokenize", M, PROMPT, "--threads", "1"], env={"METALLIC_THREADS": "abc"})
-report("flag beats environment", rc == 0, f"rc={rc} err={err!r}")
-tok_prompt = json.loads(out) if rc == 0 else None
+# --- generation, on a tiny generated model (always) and on the real one (when present) -----------------
 
 
-def greedy(extra=()):
-    rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "5", "--logprobs", "4",
-                        "--output-format", "json"] + COMMON + list(extra))
+def load_json(out):
     try:
-        return rc, json.loads(out), err
+        return json.loads(out)
     except ValueError:
-        return rc, None, f"not JSON: {out!r} {err!r}"
+        return None
 
 
-rc1, j1, err1 = greedy()
-rc2, j2, err2 = greedy()
-ok = rc1 == 0 and rc2 == 0 and j1 is not None and j2 is not None
-report("greedy json runs", ok, f"rc={rc1},{rc2} {err1!r} {err2!r}")
-if ok:
-    report("greedy repeatable", j1["tokens"] == j2["tokens"] and j1["text"] == j2["text"],
+def tokenize(model, text):
+    rc, out, err = run(["tokenize", model, text])
+    return load_json(out) if rc == 0 else None
+
+
+def check_generation(tag, M, PROMPT, special_ids, n_ctx_max, check_text=True):
+    """The model-agnostic checks; special_ids = (text with a special token, its id)."""
+    COMMON = ["--raw", "--ctx", "128", "--threads", "2"]
+    text, sid = special_ids
+    rc, out, err = run(["tokenize", M, text])
+    ids = load_json(out)
+    report(f"{tag}: tokenize prints a JSON array only, special token parsed",
+           rc == 0 and isinstance(ids, list) and ids and ids[-1] == sid and out.count("\n") == 1,
+           f"rc={rc} out={out!r} err={err!r}")
+    rc, out, err = run(["tokenize", M, PROMPT, "--threads", "1"], env={"METALLIC_THREADS": "abc"})
+    report(f"{tag}: a flag beats its environment variable", rc == 0, f"rc={rc} err={err!r}")
+    tok_prompt = load_json(out) if rc == 0 else None
+
+    def greedy(extra=()):
+        rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "5", "--logprobs", "4",
+                            "--output-format", "json"] + COMMON + list(extra))
+        return rc, load_json(out), err
+
+    rc1, j1, err1 = greedy()
+    rc2, j2, err2 = greedy()
+    ok = rc1 == 0 and rc2 == 0 and j1 is not None and j2 is not None
+    report(f"{tag}: greedy json runs", ok, f"rc={rc1},{rc2} {err1!r} {err2!r}")
+    if not ok:
+        return None
+    report(f"{tag}: greedy repeatable", j1["tokens"] == j2["tokens"] and j1["text"] == j2["text"],
            f"{j1['tokens']} vs {j2['tokens']}")
-    report("json prompt_tokens == tokenize", j1["prompt_tokens"] == tok_prompt,
+    report(f"{tag}: json prompt_tokens == tokenize", j1["prompt_tokens"] == tok_prompt,
            f"{j1['prompt_tokens']} vs {tok_prompt}")
-    report("--max-tokens 5 respected", 1 <= len(j1["tokens"]) <= 5 and
+    report(f"{tag}: --max-tokens 5 respected", 1 <= len(j1["tokens"]) <= 5 and
            (len(j1["tokens"]) == 5) == (j1["stop_reason"] == "length"),
            f"{len(j1['tokens'])} tokens, stop {j1['stop_reason']}")
     keys_ok = set(j1) >= {"prompt_tokens", "tokens", "text", "logprobs", "timings", "stop_reason"} and \
         set(j1["timings"]) == {"prompt_ms", "prompt_tok_s", "gen_ms", "gen_tok_s"} and \
         all(v > 0 for v in j1["timings"].values()) and j1["stop_reason"] in ("eos", "length", "cancelled")
-    report("json schema", keys_ok, json.dumps(j1)[:300])
+    report(f"{tag}: json schema", keys_ok, json.dumps(j1)[:300])
     lp = j1["logprobs"]
     why = ""
     if len(lp) != len(j1["tokens"]):
@@ -209,50 +213,105 @@ if ok:
             why = f"row {i}: most likely {row[0]['id']} but greedy chose {j1['tokens'][i]}"
         elif len({e["id"] for e in row}) != 4:
             why = f"row {i} repeats ids"
-    report("logprobs sorted, <= 0, sum <= 1, first == greedy token", not why, why)
+    report(f"{tag}: logprobs sorted, <= 0, sum <= 1, first == greedy token", not why, why)
 
     # A context with room for only 2 more positions: the 3rd token is sampled from the last position's
     # logits, then generation stops as "length" with the same tokens greedy gave before.
-    rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "10", "--output-format", "json",
-                        "--raw", "--ctx", str(len(tok_prompt) + 2)])
-    try:
-        jc = json.loads(out)
-        ok = rc == 0 and jc["stop_reason"] == "length" and jc["tokens"] == j1["tokens"][:3]
-    except (ValueError, KeyError):
-        ok, jc = False, out
-    report("generation stops at the end of the context", ok, f"rc={rc} {jc} vs {j1['tokens']} {err!r}")
+    if j1["stop_reason"] == "length":
+        rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "10", "--output-format",
+                            "json", "--raw", "--ctx", str(len(tok_prompt) + 2)])
+        jc = load_json(out)
+        ok = rc == 0 and jc is not None and jc["stop_reason"] == "length" and jc["tokens"] == j1["tokens"][:3]
+        report(f"{tag}: generation stops at the end of the context", ok, f"rc={rc} {jc} vs {j1['tokens']} {err!r}")
 
     # Text output of the same greedy run: the same text on stdout, the timing line on stderr.
     rc, out, err = run(["run", M, PROMPT, "--temperature", "0", "--max-tokens", "5"] + COMMON)
-    report("text output streams the same text", rc == 0 and out.rstrip("\n") == j1["text"].rstrip("\n"),
-           f"rc={rc} {out!r} vs {j1['text']!r}")
-    report("text output timing line", "prompt: %d tok" % len(tok_prompt) in err and "tok/s | gen: " in err,
-           f"stderr={err!r}")
+    if check_text:
+        report(f"{tag}: text output streams the same text", rc == 0 and out.rstrip("\n") == j1["text"].rstrip("\n"),
+               f"rc={rc} {out!r} vs {j1['text']!r}")
+    report(f"{tag}: text output timing line",
+           rc == 0 and "prompt: %d tok" % len(tok_prompt) in err and "tok/s | gen: " in err, f"stderr={err!r}")
 
-sample = ["run", M, PROMPT, "--temperature", "0.8", "--top-k", "0", "--top-p", "1", "--max-tokens", "4",
-          "--output-format", "json"] + COMMON
-rc1, out1, _ = run(sample + ["--seed", "1234"])
-rc2, out2, _ = run(sample + ["--seed=1234"])
+    sample = ["run", M, PROMPT, "--temperature", "0.8", "--top-k", "0", "--top-p", "1", "--max-tokens", "8",
+              "--output-format", "json"] + COMMON
+    outs = [run(sample + seed) for seed in (["--seed", "1234"], ["--seed=1234"], ["--seed", "99"])]
+    toks = [(load_json(o) or {}).get("tokens") for _, o, _ in outs]
+    report(f"{tag}: --seed reproducible at temperature 0.8", all(r == 0 for r, _, _ in outs) and toks[0] and
+           toks[0] == toks[1], f"{toks}")
+
+    rc, out, err = run(["inspect", M])
+    report(f"{tag}: inspect lists general.architecture",
+           rc == 0 and 'general.architecture = "qwen2"' in out and "tensors: " in out, f"rc={rc} {out[:200]!r} {err!r}")
+    rc, outv, err = run(["inspect", M, "-v"])
+    report(f"{tag}: inspect -v lists tensors", rc == 0 and "token_embd.weight" in outv and
+           "blk.0.attn_q.weight" in outv, f"rc={rc}")
+
+    words = " ".join(["one two three four five six seven eight nine ten"] * 3)
+    n_long = len(tokenize(M, words) or [])
+    rc, out, err = run(["run", M, words, "--raw", "--ctx", "16", "--max-tokens", "2"])
+    report(f"{tag}: prompt longer than --ctx 16 fails naming both sizes",
+           rc == 1 and n_long > 16 and str(n_long) in err and "16" in err and out == "", f"rc={rc} n={n_long} {err!r}")
+    rc, out, err = run(["run", M, "hi", "--ctx", str(n_ctx_max + 1)])
+    report(f"{tag}: --ctx past the model's context is an error", rc == 1 and str(n_ctx_max + 1) in err,
+           f"rc={rc} {err!r}")
+    return toks
+
+
+# The tiny model: random weights, so the text is arbitrary bytes (U+FFFD in JSON) and seeds differ.
+tmp = tempfile.mkdtemp(prefix="check_cli_")
 try:
-    s1, s2 = json.loads(out1)["tokens"], json.loads(out2)["tokens"]
-    report("--seed reproducible at temperature 0.8", rc1 == 0 and rc2 == 0 and s1 == s2 and len(s1) >= 1,
-           f"{s1} vs {s2}")
-except (ValueError, KeyError) as e:
-    report("--seed reproducible at temperature 0.8", False, f"rc={rc1},{rc2} {e}")
+    tiny = os.path.join(tmp, "tiny.gguf")
+    PY = sys.executable
+    r = subprocess.run([PY, "tools/gen_tiny_model.py", tiny, "--dtype", "f32"], capture_output=True, text=True)
+    if r.returncode != 0:
+        report("tiny model generated", False, r.stderr.strip()[-300:])
+    else:
+        # The synthetic vocabulary's <|im_end|> id, as the tokenizer of the file reports it.
+        import gguf
+        reader = gguf.GGUFReader(tiny)
+        f = reader.fields["tokenizer.ggml.tokens"]
+        vocab = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
+        im_end = vocab.index("<|im_end|>")
+        seeds = check_generation("tiny", tiny, "hello there", ("ab<|im_end|>", im_end), 1024, check_text=False)
+        if seeds:
+            report("tiny: different seeds give different tokens", seeds[0] != seeds[2], f"{seeds}")
+        rc, j_gguf, _ = run(["run", tiny, "hello there", "--raw", "--temperature", "0", "--max-tokens", "8",
+                             "--output-format", "json"])
+        # Hugging Face folders: generation_config.json supplies the defaults, flags beat them.
+        hf_greedy, hf_hot = os.path.join(tmp, "hf-greedy"), os.path.join(tmp, "hf-hot")
+        r1 = subprocess.run([PY, "tools/gguf_to_hf.py", tiny, hf_greedy, "--greedy"], capture_output=True, text=True)
+        r2 = subprocess.run([PY, "tools/gguf_to_hf.py", tiny, hf_hot, "--temperature", "1.5", "--top-k", "7",
+                             "--top-p", "0.9", "--repetition-penalty", "1.2"], capture_output=True, text=True)
+        if r1.returncode or r2.returncode:
+            report("hf folders converted", False, (r1.stderr + r2.stderr).strip()[-300:])
+        else:
+            rc, out, err = run(["run", hf_greedy, "hello there", "--raw", "--max-tokens", "8", "--output-format",
+                                "json"])
+            j = load_json(out)
+            report("hf: do_sample false in generation_config means greedy",
+                   rc == 0 and j and j["tokens"] == load_json(j_gguf)["tokens"], f"rc={rc} {out!r} {err!r}")
+            rc, out, err = run(["run", hf_hot, "hello there", "--raw", "--max-tokens", "1", "-v"])
+            report("hf: generation_config values become the defaults",
+                   rc == 0 and "temperature 1.5 top_k 7 top_p 0.9" in err and "repeat_penalty 1.2" in err, err)
+            rc, out, err = run(["run", hf_hot, "hello there", "--raw", "--max-tokens", "8", "--temperature", "0",
+                                "--top-k", "3", "-v", "--output-format", "json"])
+            j = load_json(out)
+            report("hf: flags beat generation_config",
+                   rc == 0 and "temperature 0 top_k 3 top_p 0.9" in err and j and
+                   j["tokens"] == load_json(j_gguf)["tokens"], f"rc={rc} {err!r}")
+            rc, out, err = run(["inspect", hf_hot])
+            report("hf: inspect prints config.json and generation_config.json",
+                   rc == 0 and '"model_type"' in out and "generation_config.json" in out, f"rc={rc} {err!r}")
+            rc1, out1, _ = run(["tokenize", hf_hot, "hello there"])
+            rc2, out2, _ = run(["tokenize", tiny, "hello there"])
+            report("hf: tokenize from tokenizer.json == from the GGUF", rc1 == 0 and out1 == out2, f"{out1!r} {out2!r}")
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
-rc, out, err = run(["inspect", M])
-report("inspect lists general.architecture", rc == 0 and "general.architecture = \"qwen2\"" in out and
-       "tensors: " in out, f"rc={rc} {out[:200]!r} {err!r}")
-rc, outv, err = run(["inspect", M, "-v"])
-report("inspect -v lists tensors", rc == 0 and "token_embd.weight" in outv and "blk.0.attn_q.weight" in outv,
-       f"rc={rc}")
-
-long_prompt = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen"
-rc, out, err = run(["tokenize", M, long_prompt])
-n_long = len(json.loads(out)) if rc == 0 else -1
-rc, out, err = run(["run", M, long_prompt, "--raw", "--ctx", "16", "--max-tokens", "2"])
-report("prompt longer than --ctx 16 fails naming both sizes",
-       rc == 1 and n_long > 16 and str(n_long) in err and "16" in err and out == "", f"rc={rc} n={n_long} {err!r}")
+if have_model:
+    check_generation("qwen", M, "def fibonacci(n):", ("Hello world<|im_end|>", 151645), 32768)
+else:
+    skip("real model generation checks", f"{args.model} absent")
 
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed else 0)
