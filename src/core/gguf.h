@@ -40,9 +40,9 @@ typedef struct mt_str {
 } mt_str;
 
 typedef struct mt_gguf_tensor {
-    char name[256];     // NUL-terminated copy
-    mt_tensor t;        // dtype, shape, strides, data pointer into the mapping
-    uint64_t offset;    // offset of the data relative to the data section
+    char name[256];  // NUL-terminated copy
+    mt_tensor t;     // dtype, shape, strides, data pointer into the mapping
+    uint64_t offset; // offset of the data relative to the data section
     uint64_t nbytes;
 } mt_gguf_tensor;
 

@@ -7,14 +7,22 @@ static _Thread_local char last_error[512];
 
 const char *mt_status_name(mt_status s) {
     switch (s) {
-    case MT_OK: return "ok";
-    case MT_ERR_IO: return "io error";
-    case MT_ERR_FORMAT: return "format error";
-    case MT_ERR_UNSUPPORTED: return "unsupported";
-    case MT_ERR_INVALID: return "invalid argument";
-    case MT_ERR_NOMEM: return "out of memory";
-    case MT_ERR_RANGE: return "out of range";
-    case MT_ERR_INTERNAL: return "internal error";
+    case MT_OK:
+        return "ok";
+    case MT_ERR_IO:
+        return "io error";
+    case MT_ERR_FORMAT:
+        return "format error";
+    case MT_ERR_UNSUPPORTED:
+        return "unsupported";
+    case MT_ERR_INVALID:
+        return "invalid argument";
+    case MT_ERR_NOMEM:
+        return "out of memory";
+    case MT_ERR_RANGE:
+        return "out of range";
+    case MT_ERR_INTERNAL:
+        return "internal error";
     }
     return "unknown status";
 }
@@ -27,7 +35,9 @@ mt_status mt_fail(mt_status s, const char *fmt, ...) {
     return s;
 }
 
-const char *mt_last_error(void) { return last_error; }
+const char *mt_last_error(void) {
+    return last_error;
+}
 
 void *mt_malloc(size_t n, const char *what) {
     void *p = malloc(n ? n : 1);

@@ -37,7 +37,7 @@ const char *mt_last_error(void);
 
 #define MT_ASSERT(cond)                                                                                      \
     do {                                                                                                     \
-        if (!(cond)) MT_ABORT("assertion failed: %s", #cond);                                               \
+        if (!(cond)) MT_ABORT("assertion failed: %s", #cond);                                                \
     } while (0)
 
 // Propagate a non-OK status.

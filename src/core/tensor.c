@@ -5,10 +5,10 @@
 
 // Block layouts from the GGUF specification (ggml type traits).
 static const mt_dtype_info dtype_table[MT_DTYPE_END] = {
-    [MT_F32] = {"f32", 1, 4},         [MT_F16] = {"f16", 1, 2},       [MT_BF16] = {"bf16", 1, 2},
-    [MT_I32] = {"i32", 1, 4},         [MT_Q4_0] = {"q4_0", 32, 18},   [MT_Q4_1] = {"q4_1", 32, 20},
-    [MT_Q5_0] = {"q5_0", 32, 22},     [MT_Q5_1] = {"q5_1", 32, 24},   [MT_Q8_0] = {"q8_0", 32, 34},
-    [MT_Q4_K] = {"q4_k", 256, 144},   [MT_Q5_K] = {"q5_k", 256, 176}, [MT_Q6_K] = {"q6_k", 256, 210},
+    [MT_F32] = {"f32", 1, 4},       [MT_F16] = {"f16", 1, 2},       [MT_BF16] = {"bf16", 1, 2},
+    [MT_I32] = {"i32", 1, 4},       [MT_Q4_0] = {"q4_0", 32, 18},   [MT_Q4_1] = {"q4_1", 32, 20},
+    [MT_Q5_0] = {"q5_0", 32, 22},   [MT_Q5_1] = {"q5_1", 32, 24},   [MT_Q8_0] = {"q8_0", 32, 34},
+    [MT_Q4_K] = {"q4_k", 256, 144}, [MT_Q5_K] = {"q5_k", 256, 176}, [MT_Q6_K] = {"q6_k", 256, 210},
 };
 
 static const mt_dtype_info dtype_none = {NULL, 0, 0};
@@ -18,7 +18,9 @@ const mt_dtype_info *mt_dtype_get(int dtype) {
     return &dtype_table[dtype];
 }
 
-bool mt_dtype_supported(int dtype) { return mt_dtype_get(dtype)->name != NULL; }
+bool mt_dtype_supported(int dtype) {
+    return mt_dtype_get(dtype)->name != NULL;
+}
 
 const char *mt_dtype_name(int dtype) {
     const char *n = mt_dtype_get(dtype)->name;
@@ -64,7 +66,8 @@ mt_status mt_tensor_init(mt_tensor *t, mt_dtype dtype, int ndim, const int64_t *
     t->data = data;
     for (int i = 0; i < MT_MAX_DIMS; i++) t->ne[i] = i < ndim ? ne[i] : 1;
     for (int i = 0; i < MT_MAX_DIMS; i++)
-        if (t->ne[i] < 0) return mt_fail(MT_ERR_INVALID, "negative dimension %d: %lld", i, (long long)t->ne[i]);
+        if (t->ne[i] < 0)
+            return mt_fail(MT_ERR_INVALID, "negative dimension %d: %lld", i, (long long)t->ne[i]);
     size_t row = mt_dtype_row_bytes(dtype, t->ne[0]);
     if (row == 0 && t->ne[0] != 0) return MT_ERR_INVALID;
     t->nb[0] = (size_t)d->block_bytes;
@@ -79,9 +82,13 @@ mt_status mt_tensor_init(mt_tensor *t, mt_dtype dtype, int ndim, const int64_t *
     return MT_OK;
 }
 
-int64_t mt_tensor_nelem(const mt_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+int64_t mt_tensor_nelem(const mt_tensor *t) {
+    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+}
 
-size_t mt_tensor_nbytes(const mt_tensor *t) { return t->nb[3] * (size_t)t->ne[3]; }
+size_t mt_tensor_nbytes(const mt_tensor *t) {
+    return t->nb[3] * (size_t)t->ne[3];
+}
 
 bool mt_tensor_is_contiguous(const mt_tensor *t) {
     if (t->nb[0] != (size_t)mt_dtype_get(t->dtype)->block_bytes) return false;
@@ -109,7 +116,8 @@ mt_status mt_tensor_reshape(const mt_tensor *t, int ndim, const int64_t *ne, mt_
     MT_TRY(mt_tensor_init(&r, t->dtype, ndim, ne, t->data));
     if (mt_tensor_nelem(&r) != mt_tensor_nelem(t))
         return mt_fail(MT_ERR_INVALID, "reshape of '%s' changes the element count (%lld -> %lld)",
-                       t->name ? t->name : "?", (long long)mt_tensor_nelem(t), (long long)mt_tensor_nelem(&r));
+                       t->name ? t->name : "?", (long long)mt_tensor_nelem(t),
+                       (long long)mt_tensor_nelem(&r));
     r.name = t->name;
     *out = r;
     return MT_OK;

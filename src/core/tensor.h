@@ -32,9 +32,9 @@ typedef enum mt_dtype {
 } mt_dtype;
 
 typedef struct mt_dtype_info {
-    const char *name;   // "f16", "q4_k", ...; NULL for ids we do not support
-    int block_elems;    // elements per block (1 for plain types)
-    int block_bytes;    // bytes per block
+    const char *name; // "f16", "q4_k", ...; NULL for ids we do not support
+    int block_elems;  // elements per block (1 for plain types)
+    int block_bytes;  // bytes per block
 } mt_dtype_info;
 
 // NULL-named info for unsupported ids (including out-of-range ones).

@@ -99,7 +99,9 @@ void mt_pool_free(mt_pool *p) {
     free(p);
 }
 
-int mt_pool_size(const mt_pool *p) { return p ? p->n : 1; }
+int mt_pool_size(const mt_pool *p) {
+    return p ? p->n : 1;
+}
 
 void mt_pool_run(mt_pool *p, mt_pool_fn fn, void *ctx) {
     if (!p || p->n == 1) {

@@ -18,7 +18,7 @@ typedef struct mt_chat_msg {
 const char *mt_chat_default_system(const char *template_text);
 // Renders the conversation; a system turn is prepended when msgs[0] is not one and default_system is
 // not NULL. *out is malloc'ed. Fails (naming the role) on an unknown role.
-mt_status mt_chat_render(const mt_chat_msg *msgs, int n, const char *default_system, bool add_generation_prompt,
-                         char **out);
+mt_status mt_chat_render(const mt_chat_msg *msgs, int n, const char *default_system,
+                         bool add_generation_prompt, char **out);
 
 #endif

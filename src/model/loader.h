@@ -9,12 +9,12 @@
 
 typedef struct mt_model_source {
     mt_qwen2_config config;
-    mt_qwen2_weights weights;   // views into mapped files, F32 copies for norms and biases
+    mt_qwen2_weights weights; // views into mapped files, F32 copies for norms and biases
     mt_tokenizer *tokenizer;
-    char *chat_template;        // owned; NULL if the file has none
-    mt_sampler_params gen;      // defaults from generation_config (or sampler defaults)
-    size_t weight_bytes;        // bytes of all weight tensors as stored
-    size_t file_bytes;          // bytes mapped
+    char *chat_template;   // owned; NULL if the file has none
+    mt_sampler_params gen; // defaults from generation_config (or sampler defaults)
+    size_t weight_bytes;   // bytes of all weight tensors as stored
+    size_t file_bytes;     // bytes mapped
     // Everything the source owns (mappings, F32 copies); released by mt_model_source_free.
     void **owned;
     int n_owned, cap_owned;

@@ -22,7 +22,7 @@ typedef struct mt_qwen2_config {
     int n_ff;        // MLP intermediate size
     int n_ctx_train; // context length the model was trained for
     float rms_eps;
-    float rope_base; // rope.freq_base
+    float rope_base;  // rope.freq_base
     bool tied_output; // output matrix is the token embedding
     int32_t bos_id;   // -1 if none
     int32_t eos_ids[MT_MAX_EOS];
@@ -31,19 +31,19 @@ typedef struct mt_qwen2_config {
 } mt_qwen2_config;
 
 typedef struct mt_qwen2_layer {
-    mt_tensor attn_norm;      // [n_embd] F32
-    mt_tensor wq, wk, wv;     // [n_embd, n_head*hd], [n_embd, n_kv*hd], [n_embd, n_kv*hd]
-    mt_tensor bq, bk, bv;     // biases, F32
-    mt_tensor wo;             // [n_head*hd, n_embd]
-    mt_tensor ffn_norm;       // [n_embd] F32
-    mt_tensor w_gate, w_up;   // [n_embd, n_ff]
-    mt_tensor w_down;         // [n_ff, n_embd]
+    mt_tensor attn_norm;    // [n_embd] F32
+    mt_tensor wq, wk, wv;   // [n_embd, n_head*hd], [n_embd, n_kv*hd], [n_embd, n_kv*hd]
+    mt_tensor bq, bk, bv;   // biases, F32
+    mt_tensor wo;           // [n_head*hd, n_embd]
+    mt_tensor ffn_norm;     // [n_embd] F32
+    mt_tensor w_gate, w_up; // [n_embd, n_ff]
+    mt_tensor w_down;       // [n_ff, n_embd]
 } mt_qwen2_layer;
 
 typedef struct mt_qwen2_weights {
-    mt_tensor tok_embd;  // [n_embd, n_vocab]
-    mt_tensor out_norm;  // [n_embd] F32
-    mt_tensor output;    // [n_embd, n_vocab]; a copy of tok_embd's view when tied
+    mt_tensor tok_embd;     // [n_embd, n_vocab]
+    mt_tensor out_norm;     // [n_embd] F32
+    mt_tensor output;       // [n_embd, n_vocab]; a copy of tok_embd's view when tied
     mt_qwen2_layer *layers; // [n_layer]
 } mt_qwen2_weights;
 

@@ -18,8 +18,14 @@ typedef struct mt_tokenizer mt_tokenizer;
 struct mt_gguf;
 
 // Token types as GGUF stores them (tokenizer.ggml.token_type).
-enum { MT_TOKEN_NORMAL = 1, MT_TOKEN_UNKNOWN = 2, MT_TOKEN_CONTROL = 3, MT_TOKEN_USER_DEFINED = 4,
-       MT_TOKEN_UNUSED = 5, MT_TOKEN_BYTE = 6 };
+enum {
+    MT_TOKEN_NORMAL = 1,
+    MT_TOKEN_UNKNOWN = 2,
+    MT_TOKEN_CONTROL = 3,
+    MT_TOKEN_USER_DEFINED = 4,
+    MT_TOKEN_UNUSED = 5,
+    MT_TOKEN_BYTE = 6
+};
 
 // From GGUF metadata: tokenizer.ggml.{model, pre, tokens, token_type, merges, eos/bos ids}.
 mt_status mt_tokenizer_from_gguf(const struct mt_gguf *g, mt_tokenizer **out);
