@@ -15,19 +15,26 @@
 #include "../core/tensor.h"
 
 typedef enum mt_op_kind {
-    MT_OP_EMBEDDING, // src0 table [d, vocab] (any dtype), src1 ids [n] I32 -> dst [d, n] F32
-    MT_OP_RMSNORM,   // src0 x [d, n] F32, src1 weight [d] F32 -> dst [d, n]; p.eps
-    MT_OP_MATMUL, // src0 W [k, m] (any dtype), src1 x [k, n] F32, src2 bias [m] F32 (optional) -> dst [m, n]
-    MT_OP_ROPE,   // src0 x [hd, heads, n] F32 -> dst (may alias src0); NEOX halves; p.pos, p.freq_base
-    MT_OP_KV_WRITE,  // src0 new rows [hd, n_kv, n] F32 -> dst cache [hd, n_kv, ctx, n_seq] at (p.pos[i],
-                     // p.seq[i])
-    MT_OP_ATTENTION, // src0 q [hd, n_head, n], src1 K cache, src2 V cache [hd, n_kv, ctx, n_seq] -> dst [hd,
-                     // n_head, n] token i attends to positions 0..p.pos[i] of sequence p.seq[i] (causal);
-                     // grouped-query: query head h reads KV head h / (n_head / n_kv) directly, no repeated
-                     // copies
-    MT_OP_SWIGLU,  // src0 gate [f, n], src1 up [f, n] -> dst [f, n] = silu(gate) * up
-    MT_OP_ADD,     // src0 + src1 -> dst (same shape; dst may alias an input)
-    MT_OP_SOFTMAX, // softmax over ne[0] of each row of src0 -> dst
+    // src0 table [d, vocab] (any dtype), src1 ids [n] I32 -> dst [d, n] F32
+    MT_OP_EMBEDDING,
+    // src0 x [d, n] F32, src1 weight [d] F32 -> dst [d, n]; p.eps
+    MT_OP_RMSNORM,
+    // src0 W [k, m] (any dtype), src1 x [k, n] F32, src2 bias [m] F32 (optional) -> dst [m, n]
+    MT_OP_MATMUL,
+    // src0 x [hd, heads, n] F32 -> dst (may alias src0); NEOX halves; p.pos, p.freq_base
+    MT_OP_ROPE,
+    // src0 new rows [hd, n_kv, n] F32 -> dst cache [hd, n_kv, ctx, n_seq] at (p.pos[i], p.seq[i])
+    MT_OP_KV_WRITE,
+    // src0 q [hd, n_head, n], src1 K cache, src2 V cache [hd, n_kv, ctx, n_seq] -> dst [hd, n_head, n].
+    // Token i attends to positions 0..p.pos[i] of sequence p.seq[i] (causal); grouped-query: query head h
+    // reads KV head h / (n_head / n_kv) directly, no repeated copies.
+    MT_OP_ATTENTION,
+    // src0 gate [f, n], src1 up [f, n] -> dst [f, n] = silu(gate) * up
+    MT_OP_SWIGLU,
+    // src0 + src1 -> dst (same shape; dst may alias an input)
+    MT_OP_ADD,
+    // softmax over ne[0] of each row of src0 -> dst
+    MT_OP_SOFTMAX,
     MT_OP_COUNT,
 } mt_op_kind;
 
