@@ -386,9 +386,10 @@ static int cmd_chat(const cli_opts *o) {
         go.on_token = print_piece;
         mt_gen_result r;
         if (mt_generate(e.session, e.model, e.sampler, ids, n, &go, &r) != MT_OK) {
-            fprintf(stderr, "metallic: %s\n", mt_last_error());
+            fprintf(stderr, "metallic: %s (/reset starts over)\n", mt_last_error());
             free(ids);
-            convo_pop(&c); // the turn did not happen; the cache is unchanged from before
+            convo_pop(&c);                                  // the turn did not happen
+            if (n_cached > go.n_past) n_cached = go.n_past; // positions from n_past on may be rewritten
             continue;
         }
         putchar('\n');

@@ -275,6 +275,18 @@ try:
         seeds = check_generation("tiny", tiny, "hello there", ("ab<|im_end|>", im_end), 1024, check_text=False)
         if seeds:
             report("tiny: different seeds give different tokens", seeds[0] != seeds[2], f"{seeds}")
+        # chat over a pipe: two turns, the second prefilling only what is new; a turn past the context is
+        # an error that leaves the session usable; end of input exits 0.
+        rc, out, err = run(["chat", tiny, "--max-tokens", "3", "-v"], stdin=b"hello\nok\n")
+        counts = [int(x.split()[1]) for x in err.splitlines() if x.startswith("prompt: ")]
+        report("chat: two turns, the second reuses the cached conversation",
+               rc == 0 and len(counts) == 2 and counts[1] < counts[0], f"rc={rc} prompts={counts} {err!r}")
+        long_line = ("word " * 300).encode()
+        rc, out, err = run(["chat", tiny, "--max-tokens", "2", "--ctx", "200", "-v"],
+                           stdin=b"hi\n" + long_line + b"\nhi again\n")
+        counts = [x for x in err.splitlines() if x.startswith("prompt: ")]
+        report("chat: a turn past the context is reported and the chat goes on",
+               rc == 0 and "does not fit the context of 200" in err and len(counts) == 2, f"rc={rc} {err!r}")
         rc, j_gguf, _ = run(["run", tiny, "hello there", "--raw", "--temperature", "0", "--max-tokens", "8",
                              "--output-format", "json"])
         # Hugging Face folders: generation_config.json supplies the defaults, flags beat them.
