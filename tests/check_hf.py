@@ -15,7 +15,11 @@ logits at every position plus 8 greedy steps:
   absent, unsupported rope_scaling, bad generation_config, truncated weights) fail with a message that
   names the problem.
 
-  check_hf.py --build build
+With --real (off by default: the conversion takes a minute and 1.2 GB), the default Q4_K_M model is
+also converted to an F16 folder (dequantized) and a chat prompt's logits and 6 greedy steps are compared
+with the GGUF's (within 2e-3: the F16 rounding of the dequantized weights; greedy tokens identical).
+
+  check_hf.py --build build [--real]
 """
 
 import argparse
@@ -215,6 +219,7 @@ def tokenizer_case(metallic, folder, gguf_path, texts, name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
+    ap.add_argument("--real", action="store_true", help="also convert and compare the default real model")
     a = ap.parse_args()
     tm = os.path.join(a.build, "tests", "test-model")
     tool = os.path.join(a.build, "tests", "test-safetensors")
@@ -322,6 +327,23 @@ def main():
                 skip("real vocabulary tokenizer.json", f"{REAL_MODEL} not present")
         else:
             skip("tokenizer.json vs tokenizers", f"{metallic} is not built")
+        if a.real and os.path.exists(REAL_MODEL):
+            d = os.path.join(tmp, "real-f16")
+            to_hf(REAL_MODEL, d, "--dtype", "f16")
+            # <|im_start|>user\nWrite a C function that reverses a string.<|im_end|>\n<|im_start|>assistant\n
+            ids = [151644, 872, 198, 7985, 264, 356, 729, 429, 17431, 264, 914, 13, 151645, 198, 151644, 77091, 198]
+            global DECODE_STEPS
+            DECODE_STEPS = 6
+            try:
+                ga, ta = engine_logits(tm, REAL_MODEL, ids, tmp)
+                gb, tb = engine_logits(tm, d, ids, tmp)
+                e = rel_err(gb, ga)
+                report(e <= 2e-3 and ta == tb, "real model: f16 folder vs q4_k_m gguf",
+                       f"max rel diff {e:.2e} (tol 2e-3), greedy {ta} vs {tb}")
+            except Exception as ex:  # noqa: BLE001
+                report(False, "real model: f16 folder vs q4_k_m gguf", str(ex))
+        elif a.real:
+            skip("real model folder", f"{REAL_MODEL} not present")
     except Exception as e:  # noqa: BLE001 -- setup failures count as one failure, with the reason
         report(False, "setup", str(e))
     finally:
