@@ -234,6 +234,17 @@ static void test_repeat_penalty(void) {
     s = make(&p, 3);
     CHECK(mt_sampler_sample(s, once, h_rep, 3) == 0, "repeated id penalized more than once");
     mt_sampler_free(s);
+    // The same through the path without top-k (a tiny top-p keeps only the best token).
+    p.top_k = 0;
+    p.top_p = 0.01f;
+    p.repeat_last_n = 2;
+    s = make(&p, 3);
+    CHECK(mt_sampler_sample(s, pos, h0, 1) == 1, "positive logit not divided (no top-k)");
+    CHECK(mt_sampler_sample(s, neg, h0, 1) == 1, "negative logit not multiplied (no top-k)");
+    CHECK(mt_sampler_sample(s, pos, h_old, 3) == 0, "token outside repeat_last_n was penalized (no top-k)");
+    mt_sampler_free(s);
+    p.top_k = 1;
+    p.top_p = 1.0f;
     p.repeat_penalty = 1.0f; // off
     s = make(&p, 3);
     CHECK(mt_sampler_sample(s, pos, h0, 1) == 0, "penalty 1 changed the ranking");

@@ -7,6 +7,7 @@
 #include "sampler.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,44 +157,74 @@ static int32_t argmax(const float *logits, int n) {
     return best;
 }
 
+// The logit of id i as the sampler sees it: NaN as -inf (it must never win or poison the comparisons),
+// the repetition penalty applied to stamped ids.
+static inline float penalized(const mt_sampler *s, const float *logits, int i, bool pen) {
+    float l = logits[i];
+    if (l != l) return -INFINITY;
+    if (pen && s->stamp[i] == s->call) l = l > 0.0f ? l / s->p.repeat_penalty : l * s->p.repeat_penalty;
+    return l;
+}
+
 int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *history, int n_history) {
     const mt_sampler_params *p = &s->p;
     const int n = s->n_vocab;
     if (p->temperature <= 0.0f) return argmax(logits, n);
 
-    mt_cand *c = s->cand;
-    for (int i = 0; i < n; i++) {
-        float l = logits[i];
-        c[i].logit = l == l ? l : -INFINITY; // a NaN must never win or poison the comparisons
-        c[i].id = i;
-    }
-
-    // Repetition penalty over the distinct ids of the recent history (llama.cpp semantics).
-    if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0 && history && n_history > 0) {
+    // Repetition penalty over the distinct ids of the recent history (llama.cpp semantics): the ids are
+    // stamped here and the penalty applied as their logits are read below.
+    const bool pen = p->repeat_penalty != 1.0f && p->repeat_last_n > 0 && history && n_history > 0;
+    if (pen) {
         if (++s->call == 0) { // stamp counter wrapped: clear so old stamps cannot match
             memset(s->stamp, 0, (size_t)n * sizeof *s->stamp);
             s->call = 1;
         }
         int from = n_history > p->repeat_last_n ? n_history - p->repeat_last_n : 0;
-        for (int i = from; i < n_history; i++) {
-            int32_t id = history[i];
-            if (id < 0 || id >= n || s->stamp[id] == s->call) continue;
-            s->stamp[id] = s->call;
-            float l = c[id].logit;
-            c[id].logit = l > 0.0f ? l / p->repeat_penalty : l * p->repeat_penalty;
-        }
+        for (int i = from; i < n_history; i++)
+            if (history[i] >= 0 && history[i] < n) s->stamp[history[i]] = s->call;
     }
 
+    mt_cand *c = s->cand;
     const float inv_t = 1.0f / p->temperature;
-    for (int i = 0; i < n; i++) c[i].logit *= inv_t;
-
-    int m = n;      // live candidates are c[0..m)
+    int m;          // live candidates are c[0..m)
     int sorted = 0; // c[0..sorted) is sorted best first and holds the best `sorted` candidates
-    if (p->top_k > 0 && p->top_k < m) {
-        select_top(c, m, p->top_k);
-        m = p->top_k;
+    if (p->top_k > 0 && p->top_k < n) {
+        // One pass with a k-entry heap whose root is the worst kept candidate: most logits are rejected
+        // by a single comparison, so the full vocabulary is never copied. Temperature is a positive scale
+        // and does not change the ranking, so it is applied to the k survivors only.
+        const int k = p->top_k;
+        int have = 0;
+        for (int i = 0; i < n; i++) {
+            mt_cand x = {penalized(s, logits, i, pen), i};
+            if (have == k && !before(&x, &c[0])) continue;
+            int j;
+            if (have < k) { // sift up
+                j = have++;
+                while (j > 0 && before(&c[(j - 1) / 2], &x)) {
+                    c[j] = c[(j - 1) / 2];
+                    j = (j - 1) / 2;
+                }
+            } else { // replace the root, sift down
+                j = 0;
+                for (;;) {
+                    int a = 2 * j + 1, b = a + 1, w = j;
+                    const mt_cand *wc = &x;
+                    if (a < k && before(wc, &c[a])) w = a, wc = &c[a];
+                    if (b < k && before(wc, &c[b])) w = b;
+                    if (w == j) break;
+                    c[j] = c[w];
+                    j = w;
+                }
+            }
+            c[j] = x;
+        }
+        m = k;
+        for (int i = 0; i < m; i++) c[i].logit *= inv_t;
         qsort(c, (size_t)m, sizeof *c, cand_cmp);
         sorted = m;
+    } else {
+        for (int i = 0; i < n; i++) c[i] = (mt_cand){penalized(s, logits, i, pen) * inv_t, i};
+        m = n;
     }
 
     // Largest logit among the live candidates.
