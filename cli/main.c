@@ -105,8 +105,8 @@ static char *read_stdin(void) {
 }
 
 // The model's generation defaults, then the flags the user gave.
-static int sampler_params(const cli_opts *o, mt_sampler_params *p) {
-    if (mt_gen_defaults_for_path(o->model, p) != MT_OK) return fail(mt_last_error());
+static int sampler_params(const cli_opts *o, const mt_model *m, mt_sampler_params *p) {
+    *p = *mt_model_gen_params(m);
     const mt_sampler_params *f = &o->sampler;
     unsigned set = o->sampler_set;
     if (set & CLI_SET_TEMPERATURE) p->temperature = f->temperature;
@@ -140,11 +140,14 @@ static void engine_free(engine *e) {
 
 static int engine_open(const cli_opts *o, engine *e) {
     memset(e, 0, sizeof *e);
-    mt_sampler_params sp;
-    int rc = sampler_params(o, &sp);
-    if (rc) return rc;
     note_backends(o);
     if (mt_model_load(o->model, &e->model) != MT_OK) return load_fail(o->model);
+    mt_sampler_params sp;
+    int rc = sampler_params(o, e->model, &sp);
+    if (rc) {
+        engine_free(e);
+        return rc;
+    }
     e->tok = mt_model_tokenizer(e->model);
     mt_session_opts so = mt_session_default_opts();
     so.n_ctx = o->ctx;

@@ -17,6 +17,7 @@
 
 #include "../src/core/status.h"
 #include "../src/model/qwen2.h"
+#include "../src/model/sampler.h"
 
 typedef struct mt_model mt_model;
 typedef struct mt_session mt_session;
@@ -31,6 +32,8 @@ const mt_qwen2_weights *mt_model_weights(const mt_model *m);
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m);
 // The chat template text stored with the model (NULL if none) and its generation defaults.
 const char *mt_model_chat_template(const mt_model *m);
+// Sampling defaults from the model (generation_config.json of a folder; built-in defaults otherwise).
+const mt_sampler_params *mt_model_gen_params(const mt_model *m);
 // Bytes of weights as stored (what a decode step reads).
 size_t mt_model_weight_bytes(const mt_model *m);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/cpu-features.h"
 #include "backend/cpu/ops.h"
 #include "core/quant.h"
 #include "core/threadpool.h"
@@ -767,6 +768,9 @@ static void test_chain(void) {
 }
 
 int main(void) {
+    // These tests hold the scalar references to float64; the fast kernels are held to the references
+    // in test-matmul-fast.c.
+    if (mt_cpu_isa_force(MT_ISA_SCALAR) != MT_OK) return 1;
     for (int p = 0; p < N_POOLS; p++) {
         if (mt_pool_create(pool_threads[p], &pools[p]) != MT_OK) {
             printf("cannot create pool: %s\n0 passed, 1 failed, 0 skipped\n", mt_last_error());

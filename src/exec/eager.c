@@ -1,11 +1,12 @@
-// The legacy path: every node runs its CPU reference kernel as one parallel region of the pool, in order.
+// The legacy path: every node runs its CPU kernel (the fast one where it exists, else the reference) as
+// one parallel region of the pool, in order.
 #include "eager.h"
 
 #include <string.h>
 
 static void run_node(void *ctx, int ith, int nth) {
     const mt_node *n = ctx;
-    mt_op_get(n->op)->cpu_ref(n, ith, nth);
+    mt_op_cpu_impl(n)(n, ith, nth);
 }
 
 mt_status mt_eager_run(const mt_node *nodes, int n_nodes, mt_pool *pool) {

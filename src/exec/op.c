@@ -7,6 +7,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "../backend/cpu/cpu-features.h"
+#include "../backend/cpu/matmul-fast.h"
 #include "../backend/cpu/ops.h"
 
 // "role" or "role 'name'" for messages, formatted into a buffer the caller's expression owns.
@@ -284,10 +286,14 @@ static mt_status check_softmax(const mt_node *n) {
     return MT_OK;
 }
 
+static bool matmul_fast_supports(const mt_node *n) {
+    return mt_cpu_matmul_fast_supports(n->src[0]->dtype);
+}
+
 static const mt_op_def op_table[MT_OP_COUNT] = {
     [MT_OP_EMBEDDING] = {"embedding", check_embedding, mt_cpu_op_embedding},
     [MT_OP_RMSNORM] = {"rmsnorm", check_rmsnorm, mt_cpu_op_rmsnorm},
-    [MT_OP_MATMUL] = {"matmul", check_matmul, mt_cpu_op_matmul},
+    [MT_OP_MATMUL] = {"matmul", check_matmul, mt_cpu_op_matmul, mt_cpu_matmul_fast, matmul_fast_supports},
     [MT_OP_ROPE] = {"rope", check_rope, mt_cpu_op_rope},
     [MT_OP_KV_WRITE] = {"kv_write", check_kv_write, mt_cpu_op_kv_write},
     [MT_OP_ATTENTION] = {"attention", check_attention, mt_cpu_op_attention},
@@ -320,4 +326,10 @@ mt_status mt_op_check(const mt_node *n) {
     if (!d) return mt_fail(MT_ERR_INVALID, "op check: unknown op id %d", (int)n->op);
     if (!n->dst) return mt_fail(MT_ERR_INVALID, "%s: missing dst", d->name);
     return d->check(n);
+}
+
+mt_op_impl mt_op_cpu_impl(const mt_node *n) {
+    const mt_op_def *d = mt_op_get(n->op);
+    if (d->cpu_fast && mt_cpu_isa() != MT_ISA_SCALAR && d->cpu_fast_supports(n)) return d->cpu_fast;
+    return d->cpu_ref;
 }

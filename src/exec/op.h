@@ -61,6 +61,9 @@ typedef struct mt_op_def {
     const char *name;                     // "rmsnorm", "matmul", ... (one name in every backend)
     mt_status (*check)(const mt_node *n); // shapes, dtypes, aliasing; MT_ERR_INVALID with a reason
     mt_op_impl cpu_ref;                   // scalar reference (backend/cpu/ops-ref.c), always built
+    // (optional) faster CPU kernel and whether it takes this node (dtype, ISA level); else cpu_ref runs
+    mt_op_impl cpu_fast;
+    bool (*cpu_fast_supports)(const mt_node *n);
 } mt_op_def;
 
 const mt_op_def *mt_op_get(mt_op_kind op);
@@ -68,5 +71,8 @@ const char *mt_op_name(mt_op_kind op);
 // Looks an op up by name ("sdpa" is accepted for attention); -1 if unknown.
 int mt_op_find(const char *name);
 mt_status mt_op_check(const mt_node *n);
+// The CPU implementation that runs this node: the fast kernel where it supports the node and the
+// instruction-set level in use is above scalar (METALLIC_CPU_ISA=scalar forces the references).
+mt_op_impl mt_op_cpu_impl(const mt_node *n);
 
 #endif

@@ -2,11 +2,9 @@
 // top-K logprobs and cancellation. Everything a run needs is allocated before the first token.
 #include "generate.h"
 
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "tokenizer.h"
@@ -192,97 +190,4 @@ void mt_gen_result_free(mt_gen_result *r) {
     free(r->text);
     free(r->logprobs);
     memset(r, 0, sizeof *r);
-}
-
-// Reads a whole small file; *out is malloc'ed and NUL-terminated.
-static mt_status read_small_file(const char *path, char **out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mt_fail(MT_ERR_IO, "cannot open %s", path);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (cap - len < 4096) {
-            if (cap >= (1u << 24)) {
-                free(buf);
-                fclose(f);
-                return mt_fail(MT_ERR_FORMAT, "%s is larger than 16 MiB", path);
-            }
-            char *nb = realloc(buf, cap ? cap * 2 : 8192);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return mt_fail(MT_ERR_NOMEM, "reading %s", path);
-            }
-            buf = nb;
-            cap = cap ? cap * 2 : 8192;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        return mt_fail(MT_ERR_IO, "read error in %s", path);
-    }
-    buf[len] = 0;
-    *out = buf;
-    return MT_OK;
-}
-
-mt_status mt_gen_defaults_for_path(const char *path, mt_sampler_params *out) {
-    *out = mt_sampler_default_params();
-    struct stat sb;
-    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return MT_OK;
-    char file[4096];
-    if (snprintf(file, sizeof file, "%s/generation_config.json", path) >= (int)sizeof file)
-        return mt_fail(MT_ERR_INVALID, "model path is too long (%zu bytes)", strlen(path));
-    if (stat(file, &sb) != 0) return MT_OK;
-    char *text = NULL;
-    MT_TRY(read_small_file(file, &text));
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        return mt_fail(MT_ERR_FORMAT, "%s: not a JSON object", file);
-    }
-    mt_sampler_params p = *out;
-    static const char *const keys[] = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"};
-    for (int i = 0; i < 5; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
-        if (!v || cJSON_IsNull(v)) continue;
-        if (!cJSON_IsNumber(v)) {
-            cJSON_Delete(j);
-            return mt_fail(MT_ERR_FORMAT, "%s: %s is not a number", file, keys[i]);
-        }
-        double d = v->valuedouble;
-        switch (i) {
-        case 0:
-            p.temperature = (float)d;
-            break;
-        case 1:
-            p.top_k = d >= 0 && d < 1e9 ? (int)d : -1;
-            break;
-        case 2:
-            p.top_p = (float)d;
-            break;
-        case 3:
-            p.min_p = (float)d;
-            break;
-        case 4:
-            p.repeat_penalty = (float)d;
-            break;
-        }
-    }
-    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j, "do_sample");
-    if (cJSON_IsBool(ds) && cJSON_IsFalse(ds)) p.temperature = 0.0f; // transformers: greedy
-    cJSON_Delete(j);
-    if (mt_sampler_params_check(&p) != MT_OK) {
-        char why[256]; // copied: mt_fail overwrites the message it would read from
-        snprintf(why, sizeof why, "%s", mt_last_error());
-        return mt_fail(MT_ERR_FORMAT, "%s: %s", file, why);
-    }
-    *out = p;
-    return MT_OK;
 }

@@ -76,9 +76,4 @@ void mt_gen_result_free(mt_gen_result *r);
 // The K most likely tokens under softmax of `logits` ([n_vocab], raw), most likely first.
 void mt_top_logprobs(const float *logits, int n_vocab, int k, mt_logprob *out);
 
-// Generation defaults for a model path: a Hugging Face folder's generation_config.json (temperature,
-// top_k, top_p, min_p, repetition_penalty) over the sampler defaults; other paths keep the defaults.
-// A malformed file is MT_ERR_FORMAT naming it.
-mt_status mt_gen_defaults_for_path(const char *path, mt_sampler_params *out);
-
 #endif

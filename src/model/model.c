@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../backend/cpu/cpu-features.h"
 #include "../exec/eager.h"
 #include "loader.h"
 #include "metallic.h"
@@ -103,6 +104,10 @@ const mt_qwen2_weights *mt_model_weights(const mt_model *m) {
 const mt_tokenizer *mt_model_tokenizer(const mt_model *m) {
     return m->src.tokenizer;
 }
+const mt_sampler_params *mt_model_gen_params(const mt_model *m) {
+    return &m->src.gen;
+}
+
 const char *mt_model_chat_template(const mt_model *m) {
     return m->src.chat_template;
 }
@@ -193,6 +198,7 @@ static mt_status session_alloc(mt_session *s) {
     s->n_nodes_cap = 1 + c->n_layer * NODES_PER_LAYER;
     s->nodes = mt_calloc((size_t)s->n_nodes_cap + 2, sizeof(mt_node), "node list");
     if (!s->nodes) return MT_ERR_NOMEM;
+    MT_TRY(mt_cpu_isa_init()); // METALLIC_CPU_ISA: a bad value is an error here, not a silent fallback
     return mt_pool_create(s->n_threads, &s->pool);
 }
 
