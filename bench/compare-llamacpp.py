@@ -88,9 +88,11 @@ class LlamaCpp:
 
         self.L = L
         L.llama_backend_init()
-        if hasattr(L, "llama_log_set"):  # silence llama.cpp's load log
+        try:  # silence llama.cpp's load log (the callback type's name varies between versions)
             self._log_cb = L.llama_log_callback(lambda level, text, user: None)
             L.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+        except (AttributeError, TypeError):
+            pass
         mp = L.llama_model_default_params()
         self.model = first_attr(L, "llama_model_load_from_file", "llama_load_model_from_file")(path.encode(), mp)
         if not self.model:
