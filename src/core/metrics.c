@@ -21,6 +21,7 @@ static char init_error[512];
 
 static char *ring; // ring_n lines of RING_LINE bytes
 static size_t ring_n, ring_head, ring_count;
+static uint64_t ring_pushed; // lines ever pushed: the sequence number of the newest is ring_pushed
 #define RING_LINE 512
 
 uint64_t mt_now_us(void) {
@@ -105,6 +106,7 @@ void mt_metrics_emitf(const char *event, const char *fmt, ...) {
         slot[len] = 0;
         ring_head = (ring_head + 1) % ring_n;
         if (ring_count < ring_n) ring_count++;
+        ring_pushed++;
     }
     pthread_mutex_unlock(&mu);
 }
@@ -135,6 +137,24 @@ int mt_metrics_ring_read(char *out, int max, size_t line_cap) {
     return k;
 }
 
+int mt_metrics_ring_read_since(uint64_t *cursor, char *out, int max, size_t line_cap, uint64_t *dropped) {
+    pthread_mutex_lock(&mu);
+    uint64_t oldest = ring_pushed - ring_count; // sequence number of the oldest held line, minus one
+    uint64_t from = *cursor < oldest ? oldest : *cursor;
+    if (dropped) *dropped = from - *cursor;
+    uint64_t avail = ring_pushed - from;
+    int k = 0;
+    for (uint64_t i = 0; i < avail && k < max; i++, k++) {
+        // line with sequence number from+1+i sits (ring_pushed - (from+1+i)) slots behind the head
+        size_t back = (size_t)(ring_pushed - from - i);
+        size_t idx = (ring_head + ring_n - back) % ring_n;
+        snprintf(out + (size_t)k * line_cap, line_cap, "%s", ring + idx * RING_LINE);
+    }
+    *cursor = from + (uint64_t)k;
+    pthread_mutex_unlock(&mu);
+    return k;
+}
+
 void mt_metrics_shutdown(void) {
     pthread_mutex_lock(&mu);
     if (jsonl_fd >= 0) close(jsonl_fd);
@@ -142,6 +162,7 @@ void mt_metrics_shutdown(void) {
     free(ring);
     ring = NULL;
     ring_n = ring_head = ring_count = 0;
+    ring_pushed = 0;
     enabled = console;
     pthread_mutex_unlock(&mu);
 }

@@ -31,6 +31,10 @@ void mt_metrics_ring_enable(size_t n_lines);
 // Copies up to `max` of the newest lines (oldest first) into out[]; returns how many. Lines are owned by
 // the caller's buffer (each up to line_cap bytes).
 int mt_metrics_ring_read(char *out, int max, size_t line_cap);
+// Copies the lines pushed after *cursor (0 = from the oldest still held), oldest first, up to max; advances
+// *cursor past what it returned. Lines that fell out of the ring before the call are skipped and counted
+// in *dropped (optional). Lets a reader poll without seeing a line twice.
+int mt_metrics_ring_read_since(uint64_t *cursor, char *out, int max, size_t line_cap, uint64_t *dropped);
 
 void mt_metrics_shutdown(void); // flush and close sinks
 
