@@ -4,6 +4,8 @@
 
 #include <string.h>
 
+#include "../core/telemetry.h"
+
 static void run_node(void *ctx, int ith, int nth) {
     const mt_node *n = ctx;
     mt_op_cpu_impl(n)(n, ith, nth);
@@ -27,5 +29,15 @@ mt_status mt_eager_run(const mt_node *nodes, int n_nodes, mt_pool *pool) {
 }
 
 void mt_eager_run_unchecked(const mt_node *nodes, int n_nodes, mt_pool *pool) {
+    if (mt_tel_profiling()) {
+        // latency mode: each node's parallel region is timed and recorded under the caller's scope
+        for (int i = 0; i < n_nodes; i++) {
+            uint64_t t0 = mt_tel_now_ns();
+            mt_pool_run(pool, run_node, (void *)&nodes[i]);
+            double us = (double)(mt_tel_now_ns() - t0) / 1e3;
+            mt_tel_op(nodes[i].label ? nodes[i].label : mt_op_name(nodes[i].op), "legacy", "cpu", us);
+        }
+        return;
+    }
     for (int i = 0; i < n_nodes; i++) mt_pool_run(pool, run_node, (void *)&nodes[i]);
 }
