@@ -41,3 +41,15 @@ void mt_eager_run_unchecked(const mt_node *nodes, int n_nodes, mt_pool *pool) {
     }
     for (int i = 0; i < n_nodes; i++) mt_pool_run(pool, run_node, (void *)&nodes[i]);
 }
+
+mt_status mt_eager_run_cuda(const mt_node *nodes, int n_nodes) {
+    for (int i = 0; i < n_nodes; i++) {
+        const mt_op_def *d = mt_op_get(nodes[i].op);
+        if (!d || !d->cuda)
+            return mt_fail(MT_ERR_UNSUPPORTED, "node %d (%s): no CUDA kernel in this build", i,
+                           mt_op_name(nodes[i].op));
+        mt_status s = d->cuda(&nodes[i]);
+        if (s != MT_OK) return s;
+    }
+    return MT_OK;
+}

@@ -64,6 +64,9 @@ typedef struct mt_op_def {
     // (optional) faster CPU kernel and whether it takes this node (dtype, ISA level); else cpu_ref runs
     mt_op_impl cpu_fast;
     bool (*cpu_fast_supports)(const mt_node *n);
+    // (optional) CUDA launcher (backend/cuda, built with MT_CUDA): all tensors and p.pos/p.seq in device
+    // memory; enqueues on the backend stream and returns a status (NULL in a CPU-only build)
+    mt_status (*cuda)(const mt_node *n);
 } mt_op_def;
 
 const mt_op_def *mt_op_get(mt_op_kind op);
