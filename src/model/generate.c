@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/telemetry.h"
 #include "tokenizer.h"
 
 const char *mt_stop_reason_name(mt_stop_reason r) {
@@ -115,6 +116,7 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
     if (o->n_logprobs)
         out->logprobs = mt_malloc((size_t)o->max_tokens * o->n_logprobs * sizeof *out->logprobs, "logprobs");
     mt_status st = MT_OK;
+    bool in_iter = false; // inside a timed generation_loop iteration (telemetry.h)
     if (!hist || !pos || !seq || !out->text || !out->tokens || (o->n_logprobs && !out->logprobs)) {
         st = MT_ERR_NOMEM;
         goto done;
@@ -126,7 +128,15 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
 
     double t0 = now_ms();
     mt_batch b = {n_new, ids + o->n_past, pos, seq, NULL};
+    // stage timings (telemetry.h): only with a metrics sink or latency mode, else one branch each
+    in_iter = mt_tel_active();
+    if (in_iter) mt_tel_begin("prompt_processing");
     st = mt_session_decode(s, &b);
+    if (in_iter) {
+        mt_tel_end("prompt_processing_total");
+        in_iter = false;
+        mt_tel_emit_host_memory();
+    }
     if (st != MT_OK) goto done;
     double t1 = now_ms();
     out->prompt_ms = t1 - t0;
@@ -138,13 +148,20 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
     int n_hist = n;
     out->stop = MT_STOP_LENGTH;
     for (;;) {
+        if (in_iter) mt_tel_end("iteration_total");
+        if ((in_iter = mt_tel_active())) mt_tel_begin("generation_loop");
         if (o->cancel && *o->cancel) {
             out->stop = MT_STOP_CANCELLED;
             break;
         }
+        // the point where a device backend waits for the logits; on the CPU they are already in memory
+        if (in_iter) mt_tel_begin("logits_sync");
         const float *logits = mt_session_logits(s, 0);
+        if (in_iter) mt_tel_end("logits_sync");
         MT_ASSERT(logits != NULL);
+        if (in_iter) mt_tel_begin("sampling");
         int32_t id = mt_sampler_sample(smp, logits, hist, n_hist);
+        if (in_iter) mt_tel_end("sampling");
         if (is_eos(cfg, id)) {
             out->stop = MT_STOP_EOS;
             break;
@@ -169,6 +186,10 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
         mt_batch one = {1, &id, &p1, &s1, NULL};
         if ((st = mt_session_decode(s, &one)) != MT_OK) goto done;
     }
+    if (in_iter) {
+        mt_tel_end("iteration_total");
+        in_iter = false;
+    }
     int len = mt_detok_flush(&dt, piece, sizeof piece);
     if (len > 0) {
         if ((st = text_append(out, &text_cap, piece, (size_t)len)) != MT_OK) goto done;
@@ -176,8 +197,10 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
     }
     out->gen_ms = now_ms() - t1;
     out->gen_tok_s = out->gen_ms > 0 ? out->n_tokens * 1e3 / out->gen_ms : 0;
+    if (mt_tel_active()) mt_tel_emit_host_memory();
 
 done:
+    if (in_iter) mt_tel_end("iteration_total"); // an error inside an iteration
     free(hist);
     free(pos);
     free(seq);

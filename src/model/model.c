@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include "../backend/cpu/cpu-features.h"
+#include "../core/metrics.h"
+#include "../core/telemetry.h"
 #include "../exec/eager.h"
 #include "loader.h"
 #include "metallic.h"
@@ -49,7 +51,8 @@ struct mt_session {
     int n_nodes_cap;
     int checked_n, checked_out; // batch shape whose node list passed the op checks
 
-    uint64_t kv_bytes_copied; // attention reads the cache in place, so this stays 0
+    uint64_t kv_bytes_copied;      // attention reads the cache in place, so this stays 0
+    uint64_t kv_bytes_copied_seen; // value at the last ForwardStep event (per-step deltas)
 };
 
 static bool is_dir(const char *path) {
@@ -73,6 +76,67 @@ static mt_status check_source(const mt_model_source *s) {
     return MT_OK;
 }
 
+// The memory picture of a loaded model: file bytes, weights by kind, dtype and block. Feeds the
+// dashboard always (a few hundred tensors, once) and emits GgufFileMmap and ModelWeights when a sink is on.
+static void model_telemetry(const mt_model *m, const char *path) {
+    static const char *const kinds[] = {"token_embd",  "output",      "output_norm", "attn_norm",
+                                        "attn_q",      "attn_k",      "attn_v",      "attn_q_bias",
+                                        "attn_k_bias", "attn_v_bias", "attn_output", "ffn_norm",
+                                        "ffn_gate",    "ffn_up",      "ffn_down"};
+    enum { N_KINDS = sizeof kinds / sizeof kinds[0] };
+    const mt_qwen2_weights *w = &m->src.weights;
+    const mt_qwen2_config *c = &m->src.config;
+    uint64_t by_kind[N_KINDS] = {0}, by_dtype[MT_DTYPE_END] = {0}, total = 0;
+    uint64_t blocks[MT_TEL_MAX_BLOCKS] = {0};
+    const mt_tensor *top[3] = {&w->tok_embd, c->tied_output ? NULL : &w->output, &w->out_norm};
+    for (int k = 0; k < 3; k++)
+        if (top[k]) {
+            uint64_t b = mt_tensor_nbytes(top[k]);
+            by_kind[k] += b, total += b;
+            if ((unsigned)top[k]->dtype < MT_DTYPE_END) by_dtype[top[k]->dtype] += b;
+        }
+    for (int l = 0; l < c->n_layer; l++) {
+        const mt_qwen2_layer *L = &w->layers[l];
+        const mt_tensor *t[12] = {&L->attn_norm, &L->wq, &L->wk,       &L->wv,     &L->bq,   &L->bk,
+                                  &L->bv,        &L->wo, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
+        for (int k = 0; k < 12; k++) {
+            uint64_t b = mt_tensor_nbytes(t[k]);
+            by_kind[3 + k] += b, total += b;
+            if ((unsigned)t[k]->dtype < MT_DTYPE_END) by_dtype[t[k]->dtype] += b;
+            if (l < MT_TEL_MAX_BLOCKS) blocks[l] += b;
+        }
+    }
+    mt_tel_mem_set_model(path, m->src.file_bytes, total, c->n_layer, blocks, by_kind[0], by_kind[1]);
+    if (!mt_metrics_enabled()) return;
+    char esc[1024], fields[3800];
+    mt_metrics_escape(path, esc, sizeof esc);
+    mt_metrics_emitf("GgufFileMmap", "\"path\":\"%s\",\"bytes\":%llu", esc,
+                     (unsigned long long)m->src.file_bytes);
+    int o =
+        snprintf(fields, sizeof fields, "\"total_bytes\":%llu,\"breakdown\":{", (unsigned long long)total);
+    for (int k = 0; k < N_KINDS && o < (int)sizeof fields; k++)
+        o += snprintf(fields + o, sizeof fields - (size_t)o, "%s\"%s\":%llu", k ? "," : "", kinds[k],
+                      (unsigned long long)by_kind[k]);
+    if (o < (int)sizeof fields) o += snprintf(fields + o, sizeof fields - (size_t)o, "},\"by_dtype\":{");
+    for (int d = 0, first = 1; d < MT_DTYPE_END && o < (int)sizeof fields; d++)
+        if (by_dtype[d]) {
+            o += snprintf(fields + o, sizeof fields - (size_t)o, "%s\"%s\":%llu", first ? "" : ",",
+                          mt_dtype_name((mt_dtype)d), (unsigned long long)by_dtype[d]);
+            first = 0;
+        }
+    if (o < (int)sizeof fields) o += snprintf(fields + o, sizeof fields - (size_t)o, "},\"blocks\":[");
+    for (int l = 0; l < c->n_layer && l < MT_TEL_MAX_BLOCKS && o < (int)sizeof fields; l++)
+        o += snprintf(fields + o, sizeof fields - (size_t)o, "%s%llu", l ? "," : "",
+                      (unsigned long long)blocks[l]);
+    if (o < (int)sizeof fields - 1) {
+        fields[o++] = ']';
+        fields[o] = 0;
+        mt_metrics_emitf("ModelWeights", "%s", fields);
+    } else {
+        mt_metrics_emitf("ModelWeights", "\"total_bytes\":%llu", (unsigned long long)total);
+    }
+}
+
 mt_status mt_model_load(const char *path, mt_model **out) {
     *out = NULL;
     if (!path) return mt_fail(MT_ERR_INVALID, "model path is NULL");
@@ -85,6 +149,7 @@ mt_status mt_model_load(const char *path, mt_model **out) {
         free(m);
         return st;
     }
+    model_telemetry(m, path);
     *out = m;
     return MT_OK;
 }
@@ -202,6 +267,21 @@ static mt_status session_alloc(mt_session *s) {
     return mt_pool_create(s->n_threads, &s->pool);
 }
 
+// KV cache and scratch sizes for the dashboard's memory view and the HostMemory event.
+static void session_telemetry(const mt_session *s) {
+    const mt_qwen2_config *c = s->c;
+    uint64_t per_pos =
+        2ull * (uint64_t)c->n_layer * (uint64_t)c->n_head_kv * (uint64_t)c->head_dim * sizeof(float);
+    uint64_t rows = 0;
+    for (int i = 0; i < s->n_seq; i++) rows += (uint64_t)s->seq_len[i];
+    uint64_t d = (uint64_t)c->n_embd, q = (uint64_t)c->n_head * (uint64_t)c->head_dim,
+             kv = (uint64_t)c->n_head_kv * (uint64_t)c->head_dim, ff = (uint64_t)c->n_ff;
+    uint64_t scratch = (5 * d + 2 * q + 2 * kv + 3 * ff + 4) * (uint64_t)s->n_batch * sizeof(float) +
+                       (uint64_t)s->logits_cap * (uint64_t)c->n_vocab * sizeof(float) +
+                       (uint64_t)(s->n_nodes_cap + 2) * sizeof(mt_node);
+    mt_tel_mem_set_session(per_pos * (uint64_t)s->n_ctx * (uint64_t)s->n_seq, per_pos * rows, scratch);
+}
+
 mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **out) {
     *out = NULL;
     mt_session_opts d = mt_session_default_opts();
@@ -234,6 +314,8 @@ mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **
         mt_session_free(s);
         return st;
     }
+    session_telemetry(s);
+    mt_tel_emit_host_memory();
     *out = s;
     return MT_OK;
 }
@@ -388,6 +470,43 @@ static mt_status check_nodes(const mt_node *nodes, int n) {
     return MT_OK;
 }
 
+static void run_body_profiled(mt_session *s, int n_body) {
+    uint64_t t0 = mt_tel_now_ns();
+    mt_eager_run_unchecked(s->nodes, 1, s->pool);
+    mt_tel_emit_internal("embedding", (double)(mt_tel_now_ns() - t0) / 1e3);
+    for (int l = 0; l < s->c->n_layer; l++) {
+        char name[32], ev[40];
+        snprintf(name, sizeof name, "block_%d", l);
+        snprintf(ev, sizeof ev, "block_%d_total", l);
+        mt_tel_begin(name);
+        mt_eager_run_unchecked(s->nodes + 1 + l * NODES_PER_LAYER, NODES_PER_LAYER, s->pool);
+        mt_tel_end(ev);
+    }
+    MT_ASSERT(n_body == 1 + s->c->n_layer * NODES_PER_LAYER);
+}
+
+// One ForwardStep event per decode call (only with a sink or latency mode on).
+static void forward_step_event(mt_session *s, const mt_batch *b, int n_out, double us) {
+    int lo = b->pos[0], hi = b->pos[0];
+    for (int i = 1; i < b->n; i++) {
+        if (b->pos[i] < lo) lo = b->pos[i];
+        if (b->pos[i] > hi) hi = b->pos[i];
+    }
+    session_telemetry(s);
+    if (!mt_metrics_enabled()) return;
+    mt_tel_mem mem;
+    mt_tel_mem_get(&mem);
+    // the logits are read by the host once per step that produced any (a device-to-host copy on a GPU)
+    uint64_t copied = s->kv_bytes_copied - s->kv_bytes_copied_seen;
+    s->kv_bytes_copied_seen = s->kv_bytes_copied;
+    mt_metrics_emitf("ForwardStep",
+                     "\"tokens\":%d,\"pos_first\":%d,\"pos_last\":%d,\"n_logits\":%d,\"logits_syncs\":%d,"
+                     "\"kv_bytes_copied\":%llu,\"kv_bytes_copied_total\":%llu,\"kv_cache_used_bytes\":%llu,"
+                     "\"duration_us\":%.3f",
+                     b->n, lo, hi, n_out, n_out > 0 ? 1 : 0, (unsigned long long)copied,
+                     (unsigned long long)s->kv_bytes_copied, (unsigned long long)mem.kv_used_bytes, us);
+}
+
 mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
     MT_TRY(validate(s, b));
     int n = b->n, n_out = 0;
@@ -415,15 +534,28 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
         s->checked_n = n;
         s->checked_out = n_out;
     }
-    mt_eager_run_unchecked(s->nodes, n_body, s->pool);
+    // latency mode: the embedding and each block run as their own segment under a scope, so every
+    // node's time lands at forward_step/block_N/<op>; throughput mode runs the body as one list
+    const bool prof = mt_tel_profiling(), act = prof || mt_metrics_enabled();
+    if (act) mt_tel_begin("forward_step");
+    if (prof)
+        run_body_profiled(s, n_body);
+    else
+        mt_eager_run_unchecked(s->nodes, n_body, s->pool);
     for (int i = 0; i < n; i++)
         if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
     if (n_head) {
         size_t d = (size_t)s->c->n_embd;
         for (int j = 0; j < n_out; j++)
             memcpy(s->xo + (size_t)j * d, s->x + (size_t)s->out_rows[j] * d, d * sizeof(float));
+        if (prof) mt_tel_begin("lm_head");
         mt_eager_run_unchecked(head, n_head, s->pool);
+        if (prof) mt_tel_end("lm_head_total");
     }
     s->n_logits = n_out;
+    if (act) {
+        double us = mt_tel_end("forward_step_total");
+        forward_step_event(s, b, n_out, us);
+    }
     return MT_OK;
 }
