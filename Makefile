@@ -12,6 +12,23 @@ MODEL   ?= models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 PROMPT  ?= Write a C function that reverses a string.
 THREADS ?= 0
 
+# CUDA backend: CUDA=auto builds it when nvcc is on PATH, CUDA=1 forces it, CUDA=0 leaves it out (the
+# CPU-only build never needs CUDA).
+CUDA    ?= auto
+NVCC    ?= nvcc
+ifeq ($(CUDA),auto)
+  override CUDA := $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
+endif
+ifeq ($(CUDA),1)
+  CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+  CU_SRC  := $(shell find src -name '*.cu' | sort)
+  CFLAGS  += -DMT_CUDA
+  NVFLAGS ?= -O3 -g -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall,-Wextra \
+             -Werror all-warnings
+  CU_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart -lstdc++
+endif
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+
 LIB_SRC  := $(shell find src -name '*.c' | sort)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test-*.c)
@@ -21,6 +38,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/libmetallic.a
 
 .PHONY: all deps run test model bench format lint clean asan
+.SECONDARY:
 all: deps $(BUILD)/metallic $(TEST_BIN)
 
 deps: $(BUILD)/.deps
@@ -33,15 +51,19 @@ $(BUILD)/%.o: %.c | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+$(BUILD)/%.cu.o: %.cu $(wildcard src/backend/cuda/*.cuh src/backend/cuda/*.h) | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -Iinclude -Isrc -c $< -o $@
+
+$(LIB): $(LIB_OBJ) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/metallic: $(CLI_OBJ) $(LIB)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CU_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CU_LIBS)
 
 model:
 	sh scripts/get-model.sh $(MODEL)
@@ -54,7 +76,7 @@ test: all model
 
 # Sanitizer build of everything (the malformed-file corpus runs under it in `make test`).
 asan:
-	$(MAKE) BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	$(MAKE) CUDA=0 BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  LDLIBS="-lm -pthread -lcjson -fsanitize=address,undefined" all
 
 format:
