@@ -245,7 +245,8 @@ static int count_lines(uint64_t *cur, const char *a, const char *b, char *last, 
 
 static void test_events(void) {
     uint64_t cur = 0;
-    count_lines(&cur, "", NULL, NULL, 0);
+    while (count_lines(&cur, "", NULL, NULL, 0) > 0) { // skip earlier cases' events
+    }
     mt_exec_cache *c = make(4, 1 << 20);
     put(c, 1, 128);
     // 250 lookups: 1 in 5 misses.

@@ -218,7 +218,8 @@ static int count_events(uint64_t *cursor, const char *needle, char *last, size_t
 static void test_events(void) {
     clear_env();
     uint64_t cur = 0;
-    count_events(&cur, "", NULL, 0); // skip what earlier cases emitted
+    while (count_events(&cur, "", NULL, 0) > 0) { // skip what earlier cases emitted
+    }
     setenv("METALLIC_FORCE_SDPA_BACKEND", "graph", 1);
     mt_registry r = resolve_ok(NULL);
     (void)r;
