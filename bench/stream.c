@@ -75,6 +75,7 @@ static double now_s(void) {
 static double run(job *proto, int nth, int op, uint64_t *sum) {
     pthread_t tid[64];
     job js[64];
+    memset(js, 0, sizeof js);
     if (nth < 1 || nth > 64) nth = 1; // parsing keeps it in range; this bounds js[] for the analyzer too
     for (int t = 0; t < nth; t++) {
         js[t] = *proto;
