@@ -6,7 +6,7 @@ BUILD   ?= build
 OPT     ?= -O2 -march=native
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -Iinclude -Isrc -pthread
-LDLIBS  += -lm -pthread -lcjson
+LDLIBS  += -lm -pthread -lcjson -lncursesw
 PYTHON  ?= .venv/bin/python
 MODEL   ?= models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 PROMPT  ?= Write a C function that reverses a string.
@@ -77,7 +77,7 @@ test: all model
 # Sanitizer build of everything (the malformed-file corpus runs under it in `make test`).
 asan:
 	$(MAKE) CUDA=0 BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  LDLIBS="-lm -pthread -lcjson -fsanitize=address,undefined" all
+	  LDLIBS="-lm -pthread -lcjson -lncursesw -fsanitize=address,undefined" all
 
 format:
 	clang-format -i $$(find src cli tests bench include -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh')
