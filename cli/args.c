@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exec/cache.h"
+
 void cli_print_help(void) {
     printf("metallic %s: run Qwen2.5 models locally\n"
            "\n"
@@ -20,6 +22,8 @@ void cli_print_help(void) {
            "  metallic chat MODEL [flags]        multi-turn chat; Ctrl-C stops an answer, Ctrl-D exits\n"
            "  metallic inspect MODEL [-v]        metadata, tensor counts and sizes (-v: every tensor)\n"
            "  metallic tokenize MODEL TEXT       print the token ids of TEXT as a JSON array\n"
+           "  metallic cache-dump MODEL [PROMPT] [-o table|json]  short generation, then every cache's "
+           "statistics\n"
            "  metallic --help | --version\n"
            "\n"
            "MODEL is a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).\n"
@@ -43,12 +47,14 @@ void cli_print_help(void) {
            "  --device cpu|cuda     compute device (this build: cpu)\n"
            "  --backend legacy|graph|auto       execution path for every op (default auto)\n"
            "  --sdpa-backend legacy|graph|auto  execution path for attention\n"
+           "  --op-backend OP=PATH  execution path for one op (repeatable; OP e.g. sdpa, matmul, rmsnorm)\n"
            "  --output-format text|json|tui     output (default text)\n"
            "  -v, --verbose         more detail on stderr (inspect: list every tensor)\n"
            "\n"
            "environment (a flag beats its variable):\n"
            "  METALLIC_THREADS, METALLIC_CTX, METALLIC_DEVICE, METALLIC_BACKEND,\n"
-           "  METALLIC_FORCE_SDPA_BACKEND, METALLIC_OUTPUT_FORMAT\n",
+           "  METALLIC_FORCE_SDPA_BACKEND, METALLIC_FORCE_<OP>_BACKEND, METALLIC_OUTPUT_FORMAT,\n"
+           "  METALLIC_EXEC_CACHE_CAPACITY, METALLIC_EXEC_CACHE_BYTES\n",
            MT_CLI_VERSION);
 }
 
@@ -154,6 +160,7 @@ enum {
     F_DEVICE,
     F_BACKEND,
     F_SDPA_BACKEND,
+    F_OP_BACKEND,
     F_RAW,
     F_VERBOSE,
     F_HELP,
@@ -181,6 +188,7 @@ static const struct {
     [F_DEVICE] = {"--device", NULL, true},
     [F_BACKEND] = {"--backend", NULL, true},
     [F_SDPA_BACKEND] = {"--sdpa-backend", NULL, true},
+    [F_OP_BACKEND] = {"--op-backend", NULL, true},
     [F_RAW] = {"--raw", NULL, false},
     [F_VERBOSE] = {"-v", "--verbose", false},
     [F_HELP] = {"--help", "-h", false},
@@ -230,6 +238,17 @@ static int apply_flag(int f, const char *name, const char *v, cli_opts *o) {
         return parse_choice(name, v, backends, &o->backend);
     case F_SDPA_BACKEND:
         return parse_choice(name, v, backends, &o->sdpa_backend);
+    case F_OP_BACKEND: {
+        mt_op_kind op;
+        mt_path_pref pref;
+        if (mt_registry_parse_op_assignment(name, v, &op, &pref) != MT_OK) {
+            fprintf(stderr, "metallic: %s\n", mt_last_error());
+            return 2;
+        }
+        if (o->n_op_backend == MT_REGISTRY_MAX_OP_FLAGS) return bad(name, v, "given too many times");
+        o->op_backend[o->n_op_backend++] = v;
+        return 0;
+    }
     case F_RAW:
         o->raw = true;
         return 0;
@@ -268,7 +287,7 @@ static int apply_env(const bool *given, cli_opts *o) {
     return 0;
 }
 
-static const char *const unbuilt_cmds[] = {"bench", "serve", "cache-dump", NULL};
+static const char *const unbuilt_cmds[] = {"bench", "serve", NULL};
 
 int cli_parse(int argc, char **argv, cli_opts *o) {
     memset(o, 0, sizeof *o);
@@ -328,6 +347,8 @@ int cli_parse(int argc, char **argv, cli_opts *o) {
         given[f] = true;
         int rc = apply_flag(f, name, v, o);
         if (rc) return rc;
+        if (f == F_BACKEND) o->backend_flag = o->backend;
+        if (f == F_SDPA_BACKEND) o->sdpa_backend_flag = o->sdpa_backend;
     }
     if (o->cmd == CLI_HELP || o->cmd == CLI_VERSION) return 0;
     int rc = apply_env(given, o);
@@ -368,5 +389,16 @@ int cli_parse(int argc, char **argv, cli_opts *o) {
     o->model = pos[first];
     if (n_args > 1) o->prompt = pos[first + 1];
     if (!first && !o->prompt) o->cmd = CLI_CHAT;
+    return 0;
+}
+
+int cli_configure_backends(const cli_opts *o) {
+    mt_registry_opts ro = {.backend = o->backend_flag, .sdpa_backend = o->sdpa_backend_flag};
+    for (int i = 0; i < o->n_op_backend; i++) ro.op_backend[i] = o->op_backend[i];
+    ro.n_op_backend = o->n_op_backend;
+    if (mt_registry_configure(&ro) != MT_OK || mt_exec_cache_check_env() != MT_OK) {
+        fprintf(stderr, "metallic: %s\n", mt_last_error());
+        return 2;
+    }
     return 0;
 }

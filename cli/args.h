@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 
+#include "exec/registry.h"
 #include "model/sampler.h"
 
 #define MT_CLI_VERSION "0.1.0"
@@ -38,6 +39,11 @@ typedef struct cli_opts {
     cli_format format;
     const char *backend;      // "legacy", "graph", "auto"
     const char *sdpa_backend; // same values, for attention only
+    // The backend values given as flags only (NULL when not given), for the registry, which reads the
+    // environment itself; op_backend holds each --op-backend OP=PATH in order.
+    const char *backend_flag, *sdpa_backend_flag;
+    const char *op_backend[MT_REGISTRY_MAX_OP_FLAGS];
+    int n_op_backend;
     int verbose;
 } cli_opts;
 
@@ -45,5 +51,8 @@ typedef struct cli_opts {
 // prints one line on stderr and returns the exit code to use (2 for usage errors).
 int cli_parse(int argc, char **argv, cli_opts *o);
 void cli_print_help(void);
+// Hands the backend flags to the process-wide registry (mt_registry_configure, which also checks every
+// METALLIC_FORCE_<OP>_BACKEND variable). Returns 0, or 2 after printing the one-line error.
+int cli_configure_backends(const cli_opts *o);
 
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "cmd-cache-dump.h"
 #include "core/gguf.h"
 #include "metallic.h"
 #include "model/chat.h"
@@ -680,9 +681,11 @@ static int inspect_hf(const cli_opts *o) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "cache-dump")) return mt_cmd_cache_dump(argc - 2, argv + 2);
     cli_opts o;
     int rc = cli_parse(argc, argv, &o);
     if (rc) return rc;
+    if ((o.cmd == CLI_RUN || o.cmd == CLI_CHAT) && (rc = cli_configure_backends(&o))) return rc;
     switch (o.cmd) {
     case CLI_HELP:
         cli_print_help();

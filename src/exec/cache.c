@@ -140,6 +140,12 @@ static mt_status env_size(const char *var, bool sized, uint64_t *out) {
     return MT_OK;
 }
 
+mt_status mt_exec_cache_check_env(void) {
+    uint64_t v;
+    MT_TRY(env_size("METALLIC_EXEC_CACHE_CAPACITY", false, &v));
+    return env_size("METALLIC_EXEC_CACHE_BYTES", true, &v);
+}
+
 mt_status mt_exec_cache_create(const mt_exec_cache_opts *opts, mt_exec_cache **out) {
     *out = NULL;
     uint64_t cap = opts ? (uint64_t)(opts->capacity > 0 ? opts->capacity : 0) : 0;

@@ -107,6 +107,9 @@ typedef struct mt_exec_cache_opts {
 // Creates a cache and adds it to the process-wide list. A bad environment value is MT_ERR_INVALID naming
 // the variable and value.
 mt_status mt_exec_cache_create(const mt_exec_cache_opts *opts, mt_exec_cache **out);
+// Checks METALLIC_EXEC_CACHE_CAPACITY and METALLIC_EXEC_CACHE_BYTES (MT_ERR_INVALID naming a bad one), so a
+// command line can refuse them up front rather than when the first cache is created.
+mt_status mt_exec_cache_check_env(void);
 // Destroys every executable and removes the cache from the list. Nothing may be pinned (asserted).
 void mt_exec_cache_free(mt_exec_cache *c);
 

@@ -48,7 +48,8 @@ mt_status mt_registry_parse_op_assignment(const char *what, const char *s, mt_op
         return mt_fail(MT_ERR_INVALID, "%s %s: unknown op '%s' (known: sdpa%s)", what, s, name, known);
     }
     mt_path_pref p;
-    MT_TRY(mt_registry_parse_path(what, eq + 1, &p));
+    if (mt_registry_parse_path(what, eq + 1, &p) != MT_OK)
+        return mt_fail(MT_ERR_INVALID, "%s %s: expected OP=legacy|graph|auto", what, s);
     *op = (mt_op_kind)k;
     *pref = p;
     return MT_OK;
