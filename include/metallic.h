@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../src/backend/device.h"
 #include "../src/core/status.h"
 #include "../src/model/qwen2.h"
 #include "../src/model/sampler.h"
@@ -42,6 +43,12 @@ typedef struct mt_session_opts {
     int n_seq;     // independent sequences (KV slots)
     int n_threads; // 0 = one per core
     int n_batch;   // most tokens per mt_session_decode call (scratch is sized for it); 0 = n_ctx
+    // where the forward pass runs: MT_DEVICE_CPU (default) or MT_DEVICE_CUDA (weights, KV cache,
+    // activations and logits in GPU memory; MT_ERR_UNSUPPORTED when the build or machine has no GPU)
+    mt_device_kind device;
+    // CUDA: replay each batch shape's launches as a captured CUDA graph (default) instead of launching
+    // node by node
+    bool cuda_graphs;
 } mt_session_opts;
 
 mt_session_opts mt_session_default_opts(void);
@@ -67,5 +74,8 @@ void mt_session_seq_clear(mt_session *s, int seq);
 // Bytes of KV cache copied by decode calls so far (telemetry): 0, since attention reads the n_kv cached
 // heads in place instead of repeating them per query head.
 uint64_t mt_session_kv_bytes_copied(const mt_session *s);
+// Greedy token of the i-th logits row of the last decode, computed where the logits live (on a GPU only
+// the token id crosses to the host). MT_ERR_RANGE if there is no such row.
+mt_status mt_session_argmax(mt_session *s, int i, int32_t *token);
 
 #endif

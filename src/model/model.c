@@ -14,6 +14,7 @@
 #include "../core/metrics.h"
 #include "../core/telemetry.h"
 #include "../exec/eager.h"
+#include "../exec/exec.h"
 #include "loader.h"
 #include "metallic.h"
 
@@ -28,6 +29,7 @@ struct mt_session {
     const mt_qwen2_config *c;
     int n_ctx, n_seq, n_batch, n_threads;
     mt_pool *pool;
+    mt_exec *exec;  // dispatcher: legacy or graph path per op (registry), executables cached
     int *seq_len;   // [n_seq] highest position written + 1
     int *seq_count; // [n_seq] tokens of each sequence in the current batch
 
@@ -53,6 +55,22 @@ struct mt_session {
 
     uint64_t kv_bytes_copied;      // attention reads the cache in place, so this stays 0
     uint64_t kv_bytes_copied_seen; // value at the last ForwardStep event (per-step deltas)
+
+    // Device sessions keep kv, scratch and the weights on the device. The nodes read r_* (the batch
+    // arrays: host copies on the CPU, one packed device upload on CUDA), s->w and r_logits.
+    mt_device_kind dev;
+    const mt_qwen2_weights *w;
+    int32_t *r_ids, *r_pos, *r_seq, *r_rows;
+    float *r_logits;
+    mt_qwen2_weights dw; // device copies of the weights
+    void *dw_blob;
+    int32_t *d_batch, *h_stage; // [4 * n_batch] packed ids|pos|seq|rows on the device / staged on the host
+    float *d_logits;
+    int32_t *d_argmax;
+    int d_logits_cap;
+    bool logits_fresh; // host logits hold the last decode's rows
+    bool use_graphs;
+    mt_device_graphs *graphs;
 };
 
 static bool is_dir(const char *path) {
@@ -181,7 +199,8 @@ size_t mt_model_weight_bytes(const mt_model *m) {
 }
 
 mt_session_opts mt_session_default_opts(void) {
-    mt_session_opts o = {.n_ctx = 0, .n_seq = 1, .n_threads = 0, .n_batch = 0};
+    mt_session_opts o = {
+        .n_ctx = 0, .n_seq = 1, .n_threads = 0, .n_batch = 0, .device = MT_DEVICE_CPU, .cuda_graphs = true};
     return o;
 }
 
@@ -198,8 +217,23 @@ static int default_ctx(const mt_qwen2_config *c, int n_seq) {
     return n;
 }
 
+static void device_free(mt_session *s) {
+    mt_device_graphs_free(s->graphs);
+    mt_device_free(s->dev, s->kv);
+    mt_device_free(s->dev, s->scratch);
+    mt_device_free(s->dev, s->d_batch);
+    mt_device_free(s->dev, s->d_logits);
+    mt_device_free(s->dev, s->d_argmax);
+    mt_device_weights_free(s->dev, &s->dw, s->dw_blob);
+    free(s->h_stage);
+    s->kv = NULL;
+    s->scratch = NULL;
+}
+
 void mt_session_free(mt_session *s) {
     if (!s) return;
+    if (s->dev != MT_DEVICE_CPU) device_free(s);
+    mt_exec_free(s->exec);
     mt_pool_free(s->pool);
     free(s->kv);
     free(s->k_cache);
@@ -219,7 +253,11 @@ static mt_status session_alloc(mt_session *s) {
     if (per_layer > SIZE_MAX / sizeof(float) / 2 / (size_t)c->n_layer)
         return mt_fail(MT_ERR_NOMEM, "KV cache of %d positions x %d sequences overflows", s->n_ctx, s->n_seq);
     // calloc: untouched cache pages cost no physical memory until written
-    s->kv = mt_calloc(2 * (size_t)c->n_layer * per_layer, sizeof(float), "KV cache");
+    if (s->dev == MT_DEVICE_CPU)
+        s->kv = mt_calloc(2 * (size_t)c->n_layer * per_layer, sizeof(float), "KV cache");
+    else
+        MT_TRY(mt_device_calloc(s->dev, 2 * (size_t)c->n_layer * per_layer * sizeof(float), "KV cache",
+                                (void **)&s->kv));
     s->k_cache = mt_calloc((size_t)c->n_layer, sizeof(mt_tensor), "K cache tensors");
     s->v_cache = mt_calloc((size_t)c->n_layer, sizeof(mt_tensor), "V cache tensors");
     if (!s->kv || !s->k_cache || !s->v_cache) return MT_ERR_NOMEM;
@@ -241,7 +279,11 @@ static mt_status session_alloc(mt_session *s) {
     if (per_tok > SIZE_MAX / sizeof(float) / nb)
         return mt_fail(MT_ERR_NOMEM, "scratch for a batch of %d tokens overflows", s->n_batch);
     // malloc, not calloc: every scratch value is written before it is read
-    s->scratch = mt_malloc(per_tok * nb * sizeof(float), "activation scratch");
+    if (s->dev == MT_DEVICE_CPU)
+        s->scratch = mt_malloc(per_tok * nb * sizeof(float), "activation scratch");
+    else
+        MT_TRY(mt_device_alloc(s->dev, per_tok * nb * sizeof(float), "activation scratch",
+                               (void **)&s->scratch));
     s->ids = mt_malloc(4 * nb * sizeof(int32_t), "batch arrays");
     if (!s->scratch || !s->ids) return MT_ERR_NOMEM;
     float *p = s->scratch;
@@ -264,7 +306,9 @@ static mt_status session_alloc(mt_session *s) {
     s->nodes = mt_calloc((size_t)s->n_nodes_cap + 2, sizeof(mt_node), "node list");
     if (!s->nodes) return MT_ERR_NOMEM;
     MT_TRY(mt_cpu_isa_init()); // METALLIC_CPU_ISA: a bad value is an error here, not a silent fallback
-    return mt_pool_create(s->n_threads, &s->pool);
+    MT_TRY(mt_pool_create(s->n_threads, &s->pool));
+    mt_exec_opts eo = {.pool = s->pool};
+    return mt_exec_create(&eo, &s->exec);
 }
 
 // KV cache and scratch sizes for the dashboard's memory view and the HostMemory event.
@@ -281,6 +325,8 @@ static void session_telemetry(const mt_session *s) {
                        (uint64_t)(s->n_nodes_cap + 2) * sizeof(mt_node);
     mt_tel_mem_set_session(per_pos * (uint64_t)s->n_ctx * (uint64_t)s->n_seq, per_pos * rows, scratch);
 }
+
+static mt_status device_setup(mt_session *s);
 
 mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **out) {
     *out = NULL;
@@ -309,7 +355,17 @@ mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **
     // more tokens than every sequence's whole context can never be decoded at once
     int64_t most = (int64_t)s->n_ctx * s->n_seq;
     s->n_batch = o->n_batch == 0 ? s->n_ctx : (int)(o->n_batch < most ? o->n_batch : most);
+    s->dev = o->device;
+    s->w = &m->src.weights;
+    s->use_graphs = o->cuda_graphs;
+    if (s->dev != MT_DEVICE_CPU && !mt_device_available(s->dev)) {
+        free(s);
+        return mt_fail(MT_ERR_UNSUPPORTED, "device %s: %s", mt_device_kind_name(o->device),
+                       o->device == MT_DEVICE_CUDA ? "no CUDA support in this build or no usable GPU"
+                                                   : "unknown device");
+    }
     mt_status st = session_alloc(s);
+    if (st == MT_OK && s->dev != MT_DEVICE_CPU) st = device_setup(s);
     if (st != MT_OK) {
         mt_session_free(s);
         return st;
@@ -335,6 +391,13 @@ void mt_session_seq_clear(mt_session *s, int seq) {
 
 const float *mt_session_logits(const mt_session *s, int i) {
     if (i < 0 || i >= s->n_logits) return NULL;
+    if (s->dev != MT_DEVICE_CPU && !s->logits_fresh) {
+        // the copy happens on the first read after a decode (the host buffer is the session's own)
+        mt_session *w = (mt_session *)s;
+        size_t bytes = (size_t)s->n_logits * (size_t)s->c->n_vocab * sizeof(float);
+        if (mt_device_download(s->dev, w->logits, s->d_logits, bytes) != MT_OK) return NULL;
+        w->logits_fresh = true;
+    }
     return s->logits + (size_t)i * (size_t)s->c->n_vocab;
 }
 
@@ -394,10 +457,10 @@ static mt_node *emit(mt_node *nd, mt_op_kind op, const mt_tensor *a, const mt_te
 // Fills the descriptors and the body nodes (embedding and all blocks) for a batch of n tokens.
 static int build_body(mt_session *s, int n) {
     const mt_qwen2_config *c = s->c;
-    const mt_qwen2_weights *w = &s->m->src.weights;
+    const mt_qwen2_weights *w = s->w;
     int64_t d = c->n_embd, hd = c->head_dim, H = c->n_head, KV = c->n_head_kv, ff = c->n_ff;
     int64_t ne1 = n;
-    MT_ASSERT(mt_tensor_init(&s->t_ids, MT_I32, 1, &ne1, s->ids) == MT_OK);
+    MT_ASSERT(mt_tensor_init(&s->t_ids, MT_I32, 1, &ne1, s->r_ids) == MT_OK);
     tensor2(&s->t_x, s->x, d, n);
     tensor2(&s->t_xn, s->xn, d, n);
     tensor2(&s->t_q2, s->q, H * hd, n);
@@ -438,8 +501,8 @@ static int build_body(mt_session *s, int n) {
         MT_ASSERT(nd - first == NODES_PER_LAYER);
         for (mt_node *p = first; p < nd; p++) {
             // every position-dependent op gets the batch's positions and sequence slots
-            p->p.pos = s->pos;
-            p->p.seq = s->seq;
+            p->p.pos = s->r_pos;
+            p->p.seq = s->r_seq;
             if (p->op == MT_OP_ROPE) p->p.freq_base = c->rope_base;
         }
     }
@@ -449,10 +512,10 @@ static int build_body(mt_session *s, int n) {
 // The head: final norm and output matrix over the gathered rows that want logits.
 static int build_head(mt_session *s, int n_out, mt_node *nd) {
     const mt_qwen2_config *c = s->c;
-    const mt_qwen2_weights *w = &s->m->src.weights;
+    const mt_qwen2_weights *w = s->w;
     tensor2(&s->t_xo, s->xo, c->n_embd, n_out);
     tensor2(&s->t_xon, s->xon, c->n_embd, n_out);
-    tensor2(&s->t_logits, s->logits, c->n_vocab, n_out);
+    tensor2(&s->t_logits, s->r_logits, c->n_vocab, n_out);
     emit(nd, MT_OP_RMSNORM, &s->t_xo, &w->out_norm, NULL, &s->t_xon, "output_norm")->p.eps = c->rms_eps;
     emit(nd + 1, MT_OP_MATMUL, &w->output, &s->t_xon, NULL, &s->t_logits, "output");
     return 2;
@@ -507,6 +570,116 @@ static void forward_step_event(mt_session *s, const mt_batch *b, int n_out, doub
                      (unsigned long long)s->kv_bytes_copied, (unsigned long long)mem.kv_used_bytes, us);
 }
 
+// ---- device sessions --------------------------------------------------------------------------------
+
+// After session_alloc: weights uploaded once in their stored dtype, batch arrays, logits, GEMM staging,
+// graph cache.
+static mt_status device_setup(mt_session *s) {
+    const mt_qwen2_config *c = s->c;
+    size_t bytes;
+    MT_TRY(mt_device_weights_upload(s->dev, &s->m->src.weights, c->n_layer, &s->dw, &s->dw_blob, &bytes));
+    s->w = &s->dw;
+    size_t nb = (size_t)s->n_batch;
+    MT_TRY(mt_device_alloc(s->dev, 4 * nb * sizeof(int32_t), "batch arrays", (void **)&s->d_batch));
+    s->h_stage = mt_malloc(4 * nb * sizeof(int32_t), "batch staging");
+    if (!s->h_stage) return MT_ERR_NOMEM;
+    s->d_logits_cap = 1;
+    MT_TRY(mt_device_alloc(s->dev, (size_t)c->n_vocab * sizeof(float), "logits", (void **)&s->d_logits));
+    MT_TRY(mt_device_alloc(s->dev, nb * sizeof(int32_t), "argmax", (void **)&s->d_argmax));
+    int64_t k = c->n_ff;
+    if (c->n_embd > k) k = c->n_embd;
+    if ((int64_t)c->n_head * c->head_dim > k) k = (int64_t)c->n_head * c->head_dim;
+    MT_TRY(mt_device_reserve(s->dev, s->n_batch, k));
+    if (s->use_graphs) MT_TRY(mt_device_graphs_create(s->dev, 16, &s->graphs));
+    return mt_device_sync(s->dev);
+}
+
+// The launches of one step: body, gather of the rows that want logits, head.
+static mt_status device_launch(mt_session *s, int n_body, int n_head, int n_out) {
+    MT_TRY(mt_device_run(s->dev, s->nodes, n_body));
+    if (!n_head) return MT_OK;
+    MT_TRY(mt_device_gather_rows(s->dev, s->xo, s->x, s->r_rows, n_out, s->c->n_embd));
+    return mt_device_run(s->dev, s->nodes + n_body, n_head);
+}
+
+static mt_status decode_device(mt_session *s, const mt_batch *b, int n, int n_out) {
+    if (n_out > s->d_logits_cap) {
+        // the captured graphs hold the old logits pointer: drop them with it
+        MT_TRY(mt_device_sync(s->dev));
+        mt_device_free(s->dev, s->d_logits);
+        s->d_logits = NULL;
+        MT_TRY(mt_device_alloc(s->dev, (size_t)n_out * (size_t)s->c->n_vocab * sizeof(float), "logits",
+                               (void **)&s->d_logits));
+        s->d_logits_cap = n_out;
+        if (s->graphs) {
+            mt_device_graphs_free(s->graphs);
+            s->graphs = NULL;
+            MT_TRY(mt_device_graphs_create(s->dev, 16, &s->graphs));
+        }
+    }
+    int n_body, n_head;
+    if (n != s->checked_n || n_out != s->checked_out) {
+        // the op checks read ids and positions, so they run on a twin list over the host arrays
+        s->r_ids = s->ids, s->r_pos = s->pos, s->r_seq = s->seq, s->r_logits = s->logits;
+        s->w = &s->m->src.weights;
+        n_body = build_body(s, n);
+        n_head = n_out ? build_head(s, n_out, s->nodes + n_body) : 0;
+        s->w = &s->dw;
+        MT_TRY(check_nodes(s->nodes, n_body));
+        if (n_head) MT_TRY(check_nodes(s->nodes + n_body, n_head));
+        s->checked_n = n;
+        s->checked_out = n_out;
+    }
+    // one upload per step: ids | pos | seq | rows, packed at offsets fixed by the batch shape
+    int32_t *h = s->h_stage;
+    memcpy(h, s->ids, (size_t)n * sizeof(int32_t));
+    memcpy(h + n, s->pos, (size_t)n * sizeof(int32_t));
+    memcpy(h + 2 * n, s->seq, (size_t)n * sizeof(int32_t));
+    memcpy(h + 3 * n, s->out_rows, (size_t)n_out * sizeof(int32_t));
+    MT_TRY(mt_device_upload(s->dev, s->d_batch, h, (size_t)(3 * n + n_out) * sizeof(int32_t)));
+    s->r_ids = s->d_batch, s->r_pos = s->d_batch + n, s->r_seq = s->d_batch + 2 * n;
+    s->r_rows = s->d_batch + 3 * n, s->r_logits = s->d_logits;
+    n_body = build_body(s, n);
+    n_head = n_out ? build_head(s, n_out, s->nodes + n_body) : 0;
+    const bool act = mt_metrics_enabled();
+    if (act) mt_tel_begin("forward_step");
+    uint64_t key = (uint64_t)(uint32_t)n | (uint64_t)(uint32_t)n_out << 32;
+    if (s->graphs && !mt_device_graphs_launch(s->graphs, key)) {
+        MT_TRY(mt_device_graphs_begin(s->graphs));
+        mt_status st = device_launch(s, n_body, n_head, n_out);
+        if (st != MT_OK) {
+            mt_device_graphs_abort(s->graphs);
+            return st;
+        }
+        MT_TRY(mt_device_graphs_end(s->graphs, key));
+    } else if (!s->graphs) {
+        MT_TRY(device_launch(s, n_body, n_head, n_out));
+    }
+    MT_TRY(mt_device_sync(s->dev));
+    for (int i = 0; i < n; i++)
+        if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
+    s->n_logits = n_out;
+    s->logits_fresh = false;
+    if (act) forward_step_event(s, b, n_out, mt_tel_end("forward_step_total"));
+    return MT_OK;
+}
+
+mt_status mt_session_argmax(mt_session *s, int i, int32_t *token) {
+    if (i < 0 || i >= s->n_logits)
+        return mt_fail(MT_ERR_RANGE, "argmax: logits row %d of %d", i, s->n_logits);
+    int V = s->c->n_vocab;
+    if (s->dev == MT_DEVICE_CPU) {
+        const float *l = s->logits + (size_t)i * (size_t)V;
+        int best = 0;
+        for (int j = 1; j < V; j++)
+            if (l[j] > l[best]) best = j;
+        *token = best;
+        return MT_OK;
+    }
+    MT_TRY(mt_device_argmax(s->dev, s->d_logits + (size_t)i * (size_t)V, V, 1, s->d_argmax));
+    return mt_device_download(s->dev, token, s->d_argmax, sizeof *token);
+}
+
 mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
     MT_TRY(validate(s, b));
     int n = b->n, n_out = 0;
@@ -523,6 +696,8 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
         s->logits_cap = n_out;
     }
     s->n_logits = 0;
+    if (s->dev != MT_DEVICE_CPU) return decode_device(s, b, n, n_out);
+    s->r_ids = s->ids, s->r_pos = s->pos, s->r_seq = s->seq, s->r_logits = s->logits;
 
     int n_body = build_body(s, n);
     mt_node *head = s->nodes + n_body;
@@ -541,7 +716,8 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
     if (prof)
         run_body_profiled(s, n_body);
     else
-        mt_eager_run_unchecked(s->nodes, n_body, s->pool);
+        MT_TRY(mt_exec_run(s->exec,
+                           &(mt_exec_step){s->nodes, n_body, n, (const mt_tensor *[]){&s->t_x}, 1, "body"}));
     for (int i = 0; i < n; i++)
         if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
     if (n_head) {
@@ -549,7 +725,8 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
         for (int j = 0; j < n_out; j++)
             memcpy(s->xo + (size_t)j * d, s->x + (size_t)s->out_rows[j] * d, d * sizeof(float));
         if (prof) mt_tel_begin("lm_head");
-        mt_eager_run_unchecked(head, n_head, s->pool);
+        MT_TRY(mt_exec_run(
+            s->exec, &(mt_exec_step){head, n_head, n_out, (const mt_tensor *[]){&s->t_logits}, 1, "head"}));
         if (prof) mt_tel_end("lm_head_total");
     }
     s->n_logits = n_out;
