@@ -4,8 +4,8 @@
 // Build and run (from the repository root, after `make`):
 //   cc -O2 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -pthread bench/bench-matmul.c
 //   build/libmetallic.a -lm -pthread -lcjson -o build/bench-matmul && build/bench-matmul
-// Options: -t DTYPE (one dtype), -n N (one token count), -j THREADS (one thread count), -r (skip the
-// reference)
+// Options: -t DTYPE (one dtype), -n N (one token count), -j THREADS (one thread count), -s KxM (one shape),
+// -r (skip the reference), -b (fastest call instead of the mean)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,22 +63,28 @@ static void run_ref(void *ctx, int ith, int nth) {
     mt_cpu_op_matmul(ctx, ith, nth);
 }
 
+static int best_of; // -b: report the fastest call instead of the mean (robust on a busy machine)
+
 // Seconds per call: at least `min_reps` calls and `min_s` seconds after one warm-up call.
 static double time_it(mt_pool *pool, mt_pool_fn fn, mt_node *node, int min_reps, double min_s) {
     mt_pool_run(pool, fn, node);
     int reps = 0;
-    double t0 = now(), el;
+    double t0 = now(), el, best = 1e30;
     do {
+        const double t1 = now();
         mt_pool_run(pool, fn, node);
+        const double t2 = now();
+        best = t2 - t1 < best ? t2 - t1 : best;
         reps++;
-        el = now() - t0;
+        el = t2 - t0;
     } while (reps < min_reps || el < min_s);
-    return el / reps;
+    return best_of ? best : el / reps;
 }
 
 int main(int argc, char **argv) {
     const char *only_t = NULL;
     int only_n = 0, only_j = 0, no_ref = 0;
+    int64_t only_k = 0, only_m = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc)
             only_t = argv[++i];
@@ -88,8 +94,12 @@ int main(int argc, char **argv) {
             only_j = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r"))
             no_ref = 1;
-        else {
-            fprintf(stderr, "usage: %s [-t dtype] [-n tokens] [-j threads] [-r]\n", argv[0]);
+        else if (!strcmp(argv[i], "-b"))
+            best_of = 1;
+        else if (!strcmp(argv[i], "-s") && i + 1 < argc &&
+                 sscanf(argv[++i], "%lldx%lld", (long long *)&only_k, (long long *)&only_m) == 2) {
+        } else {
+            fprintf(stderr, "usage: %s [-t dtype] [-n tokens] [-j threads] [-s KxM] [-r] [-b]\n", argv[0]);
             return 2;
         }
     }
@@ -99,7 +109,7 @@ int main(int argc, char **argv) {
     }
     const struct {
         int64_t k, m;
-    } shapes[] = {{896, 896}, {896, 128}, {896, 4864}, {4864, 896}, {896, 151936}};
+    } shapes[] = {{896, 896}, {896, 128}, {896, 4864}, {4864, 896}, {896, 151936}, {0, 0}};
     const mt_dtype types[] = {MT_F16, MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q5_0, MT_Q4_K, MT_Q5_K, MT_Q6_K};
     const int ns[] = {1, 512}, js[] = {1, 2};
     mt_pool *pools[3] = {NULL};
@@ -112,7 +122,8 @@ int main(int argc, char **argv) {
         const mt_dtype t = types[ti];
         if (only_t && strcmp(only_t, mt_dtype_name(t))) continue;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-            const int64_t k = shapes[si].k, m = shapes[si].m;
+            const int64_t k = only_k ? only_k : shapes[si].k, m = only_k ? only_m : shapes[si].m;
+            if (k == 0 || (only_k && si > 0)) continue;
             if (k % mt_dtype_get(t)->block_elems) continue; // K-quants need k % 256 == 0
             const size_t rb = mt_dtype_row_bytes(t, k), wbytes = rb * (size_t)m;
             uint8_t *w = malloc(wbytes);
