@@ -154,6 +154,7 @@ void mt_tel_record(const char *name, double us) {
         if (k == 0) {
             if (tree_n == TREE_CAP) break; // full: new paths are dropped
             node = &tree[tree_n];
+            memset(node, 0, sizeof *node); // a reset leaves old contents in the slots
             memcpy(node->path, path, sizeof node->path);
             node->depth = 0;
             for (const char *c = path; *c; c++) node->depth += *c == '/';
