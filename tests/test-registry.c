@@ -1,7 +1,10 @@
 // Backend registry: every override source and its precedence, "auto", invalid values, the defaults from
 // the graph-capable table, the process-wide registry, and the KernelBackendSelected events.
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/metrics.h"
 #include "exec/registry.h"
@@ -266,7 +269,80 @@ static void test_global(void) {
     mt_registry_configure(NULL);
 }
 
-int main(void) {
+// The command line end to end: flags into the registry, bad values exit 2, cache-dump's JSON and the
+// events in a JSONL file. Needs the built binary beside the tests and the default model.
+static char g_bin[1024];
+#define MODEL "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli(void) {
+    static char out[1 << 16];
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "%s cache-dump " MODEL
+             " hi --max-tokens 3 --threads 2 -o json --backend legacy --op-backend sdpa=graph",
+             g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 0, "cache-dump failed: %s", out);
+    cJSON *j = cJSON_Parse(out);
+    CHECK(j != NULL, "not JSON: %.300s", out);
+    const cJSON *be = cJSON_GetObjectItem(j, "backends");
+    const cJSON *att = cJSON_GetObjectItem(be, "attention"), *mm = cJSON_GetObjectItem(be, "matmul");
+    const char *ab = cJSON_GetStringValue(cJSON_GetObjectItem(att, "backend"));
+    const char *ar = cJSON_GetStringValue(cJSON_GetObjectItem(att, "reason"));
+    const char *mr = cJSON_GetStringValue(cJSON_GetObjectItem(mm, "reason"));
+    CHECK(ab && !strcmp(ab, "graph") && ar && !strcmp(ar, "flag --op-backend sdpa=graph"), "attention %s %s",
+          ab ? ab : "-", ar ? ar : "-");
+    CHECK(mr && !strcmp(mr, "flag --backend legacy"), "matmul reason %s", mr ? mr : "-");
+    CHECK(cJSON_IsArray(cJSON_GetObjectItem(j, "caches")), "caches array");
+    cJSON_Delete(j);
+
+    snprintf(cmd, sizeof cmd, "METALLIC_FORCE_MATMUL_BACKEND=fast %s run " MODEL " hi 2>&1", g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "METALLIC_FORCE_MATMUL_BACKEND fast"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s run " MODEL " hi --op-backend nosuch=graph 2>&1", g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "unknown op 'nosuch'"), "%s", out);
+    snprintf(cmd, sizeof cmd, "METALLIC_EXEC_CACHE_BYTES=lots %s cache-dump " MODEL " 2>&1", g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "METALLIC_EXEC_CACHE_BYTES=lots"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s cache-dump " MODEL " -o yaml 2>&1", g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "-o yaml"), "%s", out);
+
+    // Events: the selection of every op and the cache accesses of a graph run land in the JSONL file.
+    char path[] = "/tmp/test-registry-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    if (fd < 0) return;
+    close(fd);
+    snprintf(cmd, sizeof cmd,
+             "METALLIC_METRICS_JSONL_PATH=%s %s cache-dump " MODEL
+             " hi --max-tokens 4 --threads 2 --backend graph",
+             path, g_bin);
+    CHECK(run_cmd(cmd, out, sizeof out) == 0, "graph cache-dump: %s", out);
+    CHECK(strstr(out, "cache graph_exec") || strstr(out, "caches: none"), "table: %.300s", out);
+    FILE *f = fopen(path, "r");
+    int selected = 0, flagged = 0, access = 0;
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) {
+        if (strstr(line, "\"KernelBackendSelected\"")) {
+            selected++;
+            flagged += strstr(line, "\"backend\":\"graph\",\"reason\":\"flag --backend graph\"") != NULL;
+        }
+        access += strstr(line, "\"ResourceCacheAccess\"") != NULL;
+    }
+    if (f) fclose(f);
+    unlink(path);
+    CHECK(selected >= MT_OP_COUNT && flagged >= MT_OP_COUNT, "selected %d flagged %d", selected, flagged);
+    CHECK(access > 0 || strstr(out, "caches: none"), "no cache access events");
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
     mt_metrics_ring_enable(4096);
     CHECK(mt_metrics_enabled(), "ring sink enables metrics");
     RUN(test_defaults);
@@ -277,5 +353,20 @@ int main(void) {
     RUN(test_invalid);
     RUN(test_events);
     RUN(test_global);
+    // build/tests/test-registry -> build/metallic
+    snprintf(g_bin, sizeof g_bin, "%s", argv[0]);
+    char *slash = strrchr(g_bin, '/');
+    if (slash) *slash = 0;
+    slash = strrchr(g_bin, '/');
+    if (slash)
+        strcpy(slash + 1, "metallic");
+    else
+        snprintf(g_bin, sizeof g_bin, "../metallic");
+    if (access(g_bin, X_OK) != 0)
+        SKIP("test_cli", "the metallic binary is not built");
+    else if (access(MODEL, R_OK) != 0)
+        SKIP("test_cli", "the default model is absent");
+    else
+        RUN(test_cli);
     return th_summary();
 }
