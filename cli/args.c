@@ -137,8 +137,7 @@ static int set_format(const char *what, const char *v, cli_opts *o) {
     const char *f;
     int rc = parse_choice(what, v, formats, &f);
     if (rc) return rc;
-    if (!strcmp(f, "tui")) return bad(what, v, "the terminal dashboard is not available in this build");
-    o->format = !strcmp(f, "json") ? CLI_JSON : CLI_TEXT;
+    o->format = !strcmp(f, "json") ? CLI_JSON : !strcmp(f, "tui") ? CLI_TUI : CLI_TEXT;
     return 0;
 }
 

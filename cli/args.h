@@ -11,7 +11,7 @@
 #define MT_CLI_VERSION "0.1.0"
 
 typedef enum cli_cmd { CLI_RUN, CLI_CHAT, CLI_INSPECT, CLI_TOKENIZE, CLI_HELP, CLI_VERSION } cli_cmd;
-typedef enum cli_format { CLI_TEXT, CLI_JSON } cli_format;
+typedef enum cli_format { CLI_TEXT, CLI_JSON, CLI_TUI } cli_format;
 
 // Bits of cli_opts.sampler_set: the sampler fields given by a flag (they beat the model's defaults).
 enum {

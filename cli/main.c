@@ -11,12 +11,15 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "cmd-ab.h"
 #include "cmd-cache-dump.h"
+#include "core/metrics.h"
 #include "core/gguf.h"
 #include "metallic.h"
 #include "model/chat.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
+#include "tui.h"
 
 static volatile sig_atomic_t g_cancel;
 
@@ -682,10 +685,19 @@ static int inspect_hf(const cli_opts *o) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "cache-dump")) return mt_cmd_cache_dump(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "ab")) return mt_cmd_ab(argc - 2, argv + 2);
     cli_opts o;
     int rc = cli_parse(argc, argv, &o);
     if (rc) return rc;
     if ((o.cmd == CLI_RUN || o.cmd == CLI_CHAT) && (rc = cli_configure_backends(&o))) return rc;
+    // an unwritable METALLIC_METRICS_JSONL_PATH is an error, not a silently missing file
+    if ((o.cmd == CLI_RUN || o.cmd == CLI_CHAT) && mt_metrics_init() != MT_OK) return fail(mt_last_error());
+    if (o.cmd == CLI_CHAT && o.format == CLI_TUI) {
+        fprintf(stderr, "metallic: --output-format tui runs one prompt (usage: metallic run MODEL PROMPT "
+                        "--output-format tui)\n");
+        return 2;
+    }
+    if (o.cmd == CLI_RUN && o.format == CLI_TUI) return cli_tui_run(&o);
     switch (o.cmd) {
     case CLI_HELP:
         cli_print_help();

@@ -81,7 +81,6 @@ BAD = [
     (["--ctx", "-1"], ["--ctx", "-1"]),
     (["--logprobs", "101"], ["--logprobs", "101"]),
     (["--output-format", "xml"], ["--output-format", "xml"]),
-    (["--output-format", "tui"], ["--output-format", "tui", "not available"]),
     (["--device", "cuda"], ["--device", "cuda", "CUDA"]),
     (["--device", "tpu"], ["--device", "tpu"]),
     (["--backend", "fast"], ["--backend", "fast"]),
