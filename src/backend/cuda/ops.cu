@@ -1,0 +1,688 @@
+// CUDA kernels for the op table: one launcher per op, every tensor (and p.pos / p.seq) in device memory.
+//
+// Weights stay in their stored dtype and are decoded in registers: decode (up to MV_MAX_TOK tokens)
+// streams each weight row once through a warp and dots it with every token; larger batches convert the
+// activations to F16 (BF16 for BF16 weights), dequantize weight rows chunk by chunk to F16 and call cuBLAS
+// with F32 accumulation. Shapes and dtypes were validated by the op checks on the host.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include "common.cuh"
+
+enum { MV_MAX_TOK = 8, MV_WARPS = 8, ATT_WARPS = 4, ATT_MAX_HD = 256 };
+static const size_t W16_CHUNK_ELEMS = (size_t)32 << 20; // dequantized weight elements per GEMM call
+
+// A tensor's rows (dims 1..3 flattened) for kernels: row r is at data + i1*nb1 + i2*nb2 + i3*nb3.
+struct rows_t {
+    char *data;
+    int64_t ne0, ne1, ne2, n;
+    size_t nb1, nb2, nb3;
+    __device__ __forceinline__ float *row(int64_t r) const {
+        int64_t i1 = r % ne1, i2 = (r / ne1) % ne2, i3 = r / (ne1 * ne2);
+        return (float *)(data + i1 * nb1 + i2 * nb2 + i3 * nb3);
+    }
+};
+
+static rows_t rows_of(const mt_tensor *t) {
+    rows_t r;
+    r.data = (char *)t->data;
+    r.ne0 = t->ne[0];
+    r.ne1 = t->ne[1] > 0 ? t->ne[1] : 1;
+    r.ne2 = t->ne[2] > 0 ? t->ne[2] : 1;
+    r.n = t->ne[1] * t->ne[2] * t->ne[3];
+    r.nb1 = t->nb[1];
+    r.nb2 = t->nb[2];
+    r.nb3 = t->nb[3];
+    return r;
+}
+
+static cudaStream_t stream(void) {
+    return mt_cuda_ctx_get()->stream;
+}
+
+static int cdiv(int64_t a, int64_t b) {
+    return (int)((a + b - 1) / b);
+}
+
+// ---- block decoding ---------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t ld16(const uint8_t *p) {
+    return *(const uint16_t *)p;
+}
+__device__ __forceinline__ float h2f(uint32_t h) {
+    return __half2float(__ushort_as_half((unsigned short)h));
+}
+__device__ __forceinline__ float bf2f(uint32_t h) {
+    return __uint_as_float(h << 16);
+}
+
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, float *sc, float *mn) {
+    if (j < 4) {
+        *sc = (float)(q[j] & 63);
+        *mn = (float)(q[j + 4] & 63);
+    } else {
+        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *mn = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+// Plain types are read 8 elements (16 bytes for F16/BF16) at a time, block types 32 at a time.
+template <int DT> struct chunk {
+    static constexpr int E = (DT == MT_F32 || DT == MT_F16 || DT == MT_BF16) ? 8 : 32;
+};
+
+// Decodes chunk c (elements c*E .. c*E+E-1) of a stored row into w.
+template <int DT> __device__ __forceinline__ void deq(const uint8_t *row, int64_t c, float *w) {
+    if constexpr (DT == MT_F32) {
+        const float4 *p = (const float4 *)(row + c * 32);
+        float4 a = p[0], b = p[1];
+        w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+    } else if constexpr (DT == MT_F16 || DT == MT_BF16) {
+        uint4 v = *(const uint4 *)(row + c * 16);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[2 * i] = DT == MT_F16 ? h2f(u[i] & 0xFFFF) : bf2f(u[i] & 0xFFFF);
+            w[2 * i + 1] = DT == MT_F16 ? h2f(u[i] >> 16) : bf2f(u[i] >> 16);
+        }
+    } else if constexpr (DT == MT_Q4_0 || DT == MT_Q4_1) {
+        const int bb = DT == MT_Q4_0 ? 18 : 20;
+        const uint8_t *b = row + c * bb;
+        float d = h2f(ld16(b)), m = DT == MT_Q4_1 ? h2f(ld16(b + 2)) : -8.0f * d;
+        const uint8_t *qs = b + (DT == MT_Q4_0 ? 2 : 4);
+#pragma unroll
+        for (int j = 0; j < 16; j += 2) {
+            uint32_t v = ld16(qs + j);
+            w[j] = (float)(v & 15) * d + m;
+            w[j + 1] = (float)((v >> 8) & 15) * d + m;
+            w[j + 16] = (float)((v >> 4) & 15) * d + m;
+            w[j + 17] = (float)((v >> 12) & 15) * d + m;
+        }
+    } else if constexpr (DT == MT_Q5_0 || DT == MT_Q5_1) {
+        const int bb = DT == MT_Q5_0 ? 22 : 24;
+        const uint8_t *b = row + c * bb;
+        float d = h2f(ld16(b)), m = DT == MT_Q5_1 ? h2f(ld16(b + 2)) : -16.0f * d;
+        const uint8_t *qhp = b + (DT == MT_Q5_0 ? 2 : 4);
+        uint32_t qh = ld16(qhp) | (ld16(qhp + 2) << 16);
+        const uint8_t *qs = qhp + 4;
+#pragma unroll
+        for (int j = 0; j < 16; j += 2) {
+            uint32_t v = ld16(qs + j);
+            w[j] = (float)((v & 15) | (((qh >> j) & 1) << 4)) * d + m;
+            w[j + 1] = (float)(((v >> 8) & 15) | (((qh >> (j + 1)) & 1) << 4)) * d + m;
+            w[j + 16] = (float)(((v >> 4) & 15) | (((qh >> (j + 16)) & 1) << 4)) * d + m;
+            w[j + 17] = (float)(((v >> 12) & 15) | (((qh >> (j + 17)) & 1) << 4)) * d + m;
+        }
+    } else if constexpr (DT == MT_Q8_0) {
+        const uint8_t *b = row + c * 34;
+        float d = h2f(ld16(b));
+#pragma unroll
+        for (int j = 0; j < 32; j += 2) {
+            uint32_t v = ld16(b + 2 + j);
+            w[j] = (float)(int8_t)(v & 0xFF) * d;
+            w[j + 1] = (float)(int8_t)(v >> 8) * d;
+        }
+    } else if constexpr (DT == MT_Q4_K || DT == MT_Q5_K) {
+        const int bb = DT == MT_Q4_K ? 144 : 176;
+        int sub = (int)(c & 7);
+        const uint8_t *b = row + (c >> 3) * bb;
+        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2)), sc, mn;
+        scale_min_k4(sub, b + 4, &sc, &mn);
+        float ds = d * sc, dm = dmin * mn;
+        const uint8_t *qh = b + 16;
+        const uint8_t *q = b + (DT == MT_Q4_K ? 16 : 48) + 32 * (sub >> 1);
+        int sh = (sub & 1) * 4;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> sh) & 15;
+            if constexpr (DT == MT_Q5_K) v += ((qh[l] >> sub) & 1) << 4;
+            w[l] = ds * (float)v - dm;
+        }
+    } else if constexpr (DT == MT_Q6_K) {
+        int sub = (int)(c & 7), half = sub >> 2, qq = sub & 3;
+        const uint8_t *b = row + (c >> 3) * 210;
+        const uint8_t *ql = b + 64 * half + (qq & 1) * 32, *qh = b + 128 + 32 * half;
+        const int8_t *scales = (const int8_t *)(b + 192) + 8 * half + 2 * qq;
+        float d = h2f(ld16(b + 208));
+        int shl = (qq >> 1) * 4, shh = 2 * qq;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int v = ((ql[l] >> shl) & 15) | (((qh[l] >> shh) & 3) << 4);
+            w[l] = d * (float)scales[l / 16] * (float)(v - 32);
+        }
+    }
+}
+
+#define MT_CU_DTYPES(X)                                                                                      \
+    X(MT_F32)                                                                                                \
+    X(MT_F16)                                                                                                \
+    X(MT_BF16) X(MT_Q4_0) X(MT_Q4_1) X(MT_Q5_0) X(MT_Q5_1) X(MT_Q8_0) X(MT_Q4_K) X(MT_Q5_K) X(MT_Q6_K)
+
+// ---- embedding --------------------------------------------------------------------------------------
+
+template <int DT>
+__global__ void k_embedding(const uint8_t *tab, size_t tab_nb1, const int32_t *ids, rows_t dst) {
+    constexpr int E = chunk<DT>::E;
+    int64_t t = blockIdx.x;
+    const uint8_t *src = tab + (int64_t)ids[t] * tab_nb1;
+    float *y = dst.row(t);
+    for (int64_t c = threadIdx.x; c < dst.ne0 / E; c += blockDim.x) {
+        float w[E];
+        deq<DT>(src, c, w);
+#pragma unroll
+        for (int i = 0; i < E; i++) y[c * E + i] = w[i];
+    }
+}
+
+mt_status mt_cuda_op_embedding(const mt_node *n) {
+    const mt_tensor *tab = n->src[0], *ids = n->src[1];
+    rows_t d = rows_of(n->dst);
+    if (d.n == 0) return MT_OK;
+    switch (tab->dtype) {
+#define X(DT)                                                                                                \
+    case DT:                                                                                                 \
+        k_embedding<DT><<<(unsigned)d.n, 128, 0, stream()>>>((const uint8_t *)tab->data, tab->nb[1],         \
+                                                             (const int32_t *)ids->data, d);                 \
+        break;
+        MT_CU_DTYPES(X)
+#undef X
+    default:
+        return mt_fail(MT_ERR_UNSUPPORTED, "cuda embedding: no kernel for %s", mt_dtype_name(tab->dtype));
+    }
+    return mt_cu_launched("embedding");
+}
+
+// ---- reductions ---------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) part[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
+        s = warp_sum(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads(); // part/total are reused by the next call
+    return r;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) part[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : -INFINITY;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+
+__global__ void k_rmsnorm(rows_t x, const float *w, rows_t dst, float eps) {
+    const float *xr = x.row(blockIdx.x);
+    float *y = dst.row(blockIdx.x);
+    float ss = 0;
+    for (int64_t i = threadIdx.x; i < x.ne0; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    float inv = x.ne0 > 0 ? rsqrtf(ss / (float)x.ne0 + eps) : 0.0f;
+    for (int64_t i = threadIdx.x; i < x.ne0; i += blockDim.x) y[i] = xr[i] * inv * w[i];
+}
+
+mt_status mt_cuda_op_rmsnorm(const mt_node *n) {
+    rows_t x = rows_of(n->src[0]);
+    if (x.n == 0) return MT_OK;
+    k_rmsnorm<<<(unsigned)x.n, 256, 0, stream()>>>(x, (const float *)n->src[1]->data, rows_of(n->dst),
+                                                   n->p.eps);
+    return mt_cu_launched("rmsnorm");
+}
+
+__global__ void k_softmax(rows_t x, rows_t dst) {
+    const float *xr = x.row(blockIdx.x);
+    float *y = dst.row(blockIdx.x);
+    float mx = -INFINITY;
+    for (int64_t i = threadIdx.x; i < x.ne0; i += blockDim.x) mx = fmaxf(mx, xr[i]);
+    mx = block_max(mx);
+    float s = 0;
+    for (int64_t i = threadIdx.x; i < x.ne0; i += blockDim.x) {
+        float e = expf(xr[i] - mx);
+        y[i] = e;
+        s += e;
+    }
+    float inv = 1.0f / block_sum(s);
+    for (int64_t i = threadIdx.x; i < x.ne0; i += blockDim.x) y[i] *= inv;
+}
+
+mt_status mt_cuda_op_softmax(const mt_node *n) {
+    rows_t x = rows_of(n->src[0]);
+    if (x.n == 0) return MT_OK;
+    k_softmax<<<(unsigned)x.n, 256, 0, stream()>>>(x, rows_of(n->dst));
+    return mt_cu_launched("softmax");
+}
+
+__global__ void k_argmax(const float *x, int d, int32_t *out) {
+    const float *xr = x + (int64_t)blockIdx.x * d;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        if (xr[i] > best || (bi == 0x7fffffff && i < bi)) best = xr[i], bi = i;
+    __shared__ float sv[1024];
+    __shared__ int si[1024];
+    sv[threadIdx.x] = best;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+            float ov = sv[threadIdx.x + s];
+            int oi = si[threadIdx.x + s];
+            // ties go to the lower index, like a first-max scan
+            if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x]))
+                sv[threadIdx.x] = ov, si[threadIdx.x] = oi;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = si[0];
+}
+
+mt_status mt_cuda_argmax_rows(const float *x, int d, int n, int32_t *out) {
+    if (n <= 0) return MT_OK;
+    k_argmax<<<(unsigned)n, 1024, 0, stream()>>>(x, d, out);
+    return mt_cu_launched("argmax");
+}
+
+__global__ void k_gather(float *dst, const float *src, const int32_t *rows, int d) {
+    const float *s = src + (int64_t)rows[blockIdx.x] * d;
+    float *y = dst + (int64_t)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) y[i] = s[i];
+}
+
+mt_status mt_cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_rows, int d) {
+    if (n_rows <= 0) return MT_OK;
+    k_gather<<<(unsigned)n_rows, 256, 0, stream()>>>(dst, src, rows, d);
+    return mt_cu_launched("gather rows");
+}
+
+// ---- elementwise ------------------------------------------------------------------------------------
+
+template <int OP> __global__ void k_binary(rows_t a, rows_t b, rows_t dst) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.ne0) return;
+    for (int64_t r = blockIdx.y; r < a.n; r += gridDim.y) {
+        float x = a.row(r)[i], y = b.row(r)[i];
+        dst.row(r)[i] = OP == 0 ? x + y : x / (1.0f + expf(-x)) * y;
+    }
+}
+
+template <int OP> static mt_status binary(const mt_node *n, const char *what) {
+    rows_t a = rows_of(n->src[0]);
+    if (a.n == 0 || a.ne0 == 0) return MT_OK;
+    dim3 g((unsigned)cdiv(a.ne0, 256), (unsigned)(a.n < 65535 ? a.n : 65535));
+    k_binary<OP><<<g, 256, 0, stream()>>>(a, rows_of(n->src[1]), rows_of(n->dst));
+    return mt_cu_launched(what);
+}
+
+mt_status mt_cuda_op_add(const mt_node *n) {
+    return binary<0>(n, "add");
+}
+mt_status mt_cuda_op_swiglu(const mt_node *n) {
+    return binary<1>(n, "swiglu");
+}
+
+// ---- rope, kv_write -----------------------------------------------------------------------------------
+
+// x [hd, heads, n]: block t rotates every head of token t (NEOX halves). Angles in double, as the
+// reference computes them, so long positions agree.
+__global__ void k_rope(rows_t x, rows_t dst, const int32_t *pos, double base) {
+    int64_t t = blockIdx.x, hd = x.ne0, half = hd / 2, heads = x.ne1;
+    double p = pos[t];
+    for (int64_t i = threadIdx.x; i < heads * half; i += blockDim.x) {
+        int64_t h = i / half, j = i % half;
+        double th = p * pow(base, -2.0 * (double)j / (double)hd);
+        float c = (float)cos(th), s = (float)sin(th);
+        const float *xr = x.row(t * heads + h);
+        float *y = dst.row(t * heads + h);
+        float x0 = xr[j], x1 = xr[j + half];
+        y[j] = x0 * c - x1 * s;
+        y[j + half] = x0 * s + x1 * c;
+    }
+}
+
+mt_status mt_cuda_op_rope(const mt_node *n) {
+    rows_t x = rows_of(n->src[0]);
+    int64_t ntok = n->src[0]->ne[2];
+    if (ntok == 0 || x.n == 0) return MT_OK;
+    k_rope<<<(unsigned)ntok, 128, 0, stream()>>>(x, rows_of(n->dst), n->p.pos, (double)n->p.freq_base);
+    return mt_cu_launched("rope");
+}
+
+__global__ void k_kv_write(rows_t x, char *cache, size_t cnb1, size_t cnb2, size_t cnb3, const int32_t *pos,
+                           const int32_t *seq) {
+    int64_t t = blockIdx.x, hd = x.ne0, nkv = x.ne1;
+    char *base = cache + (int64_t)pos[t] * cnb2 + (int64_t)seq[t] * cnb3;
+    for (int64_t i = threadIdx.x; i < nkv * hd; i += blockDim.x) {
+        int64_t h = i / hd, e = i % hd;
+        ((float *)(base + h * cnb1))[e] = x.row(t * nkv + h)[e];
+    }
+}
+
+mt_status mt_cuda_op_kv_write(const mt_node *n) {
+    const mt_tensor *c = n->dst;
+    int64_t ntok = n->src[0]->ne[2];
+    if (ntok == 0) return MT_OK;
+    k_kv_write<<<(unsigned)ntok, 128, 0, stream()>>>(rows_of(n->src[0]), (char *)c->data, c->nb[1], c->nb[2],
+                                                     c->nb[3], n->p.pos, n->p.seq);
+    return mt_cu_launched("kv_write");
+}
+
+// ---- attention ----------------------------------------------------------------------------------------
+
+struct kv_t {
+    const char *data;
+    size_t nb1, nb2, nb3;
+};
+
+// Block (h, t): ATT_WARPS warps split the positions 0..pos[t] of sequence seq[t]; each keeps an online
+// softmax (max, sum, weighted V in registers, lane i holding elements i, i+32, ...); the warps' states
+// are merged through shared memory at the end.
+__global__ void k_attention(rows_t q, kv_t kc, kv_t vc, rows_t dst, const int32_t *pos, const int32_t *seq,
+                            int group, float scale) {
+    constexpr int R = ATT_MAX_HD / 32;
+    int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    int hd = (int)q.ne0, heads = (int)q.ne1, kvh = h / group;
+    int len = pos[t] + 1;
+    const float *qr = q.row((int64_t)t * heads + h);
+    float qv[R], acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        int e = lane + 32 * i;
+        qv[i] = e < hd ? qr[e] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    const char *kb = kc.data + (int64_t)kvh * kc.nb1 + (int64_t)seq[t] * kc.nb3;
+    const char *vb = vc.data + (int64_t)kvh * vc.nb1 + (int64_t)seq[t] * vc.nb3;
+    for (int j = wid; j < len; j += ATT_WARPS) {
+        const float *kr = (const float *)(kb + (int64_t)j * kc.nb2);
+        const float *vr = (const float *)(vb + (int64_t)j * vc.nb2);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (lane + 32 * i < hd) s += qv[i] * kr[lane + 32 * i];
+        s = warp_sum(s);
+        float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (lane + 32 * i < hd) acc[i] = acc[i] * corr + p * vr[lane + 32 * i];
+        m = mn;
+    }
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][ATT_MAX_HD];
+    if (lane == 0) sm[wid] = m, sl[wid] = l;
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        if (lane + 32 * i < hd) sacc[wid][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.0f, f[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = sm[w] == -INFINITY ? 0.0f : expf(sm[w] - M);
+        L += sl[w] * f[w];
+    }
+    float *y = dst.row((int64_t)t * heads + h);
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) o += sacc[w][e] * f[w];
+        y[e] = o / L;
+    }
+}
+
+mt_status mt_cuda_op_attention(const mt_node *n) {
+    const mt_tensor *q = n->src[0], *k = n->src[1], *v = n->src[2];
+    int64_t hd = q->ne[0], heads = q->ne[1], ntok = q->ne[2];
+    if (hd > ATT_MAX_HD)
+        return mt_fail(MT_ERR_UNSUPPORTED, "cuda attention: head_dim %lld > %d", (long long)hd, ATT_MAX_HD);
+    if (ntok == 0) return MT_OK;
+    float scale = n->p.scale != 0 ? n->p.scale : (float)(1.0 / sqrt((double)hd));
+    kv_t kc = {(const char *)k->data, k->nb[1], k->nb[2], k->nb[3]};
+    kv_t vc = {(const char *)v->data, v->nb[1], v->nb[2], v->nb[3]};
+    dim3 g((unsigned)heads, (unsigned)ntok);
+    k_attention<<<g, 32 * ATT_WARPS, 0, stream()>>>(rows_of(q), kc, vc, rows_of(n->dst), n->p.pos, n->p.seq,
+                                                    (int)(heads / k->ne[1]), scale);
+    return mt_cu_launched("attention");
+}
+
+// ---- matmul -------------------------------------------------------------------------------------------
+
+// One warp per weight row: lanes stride over the row's chunks, decode in registers and dot each chunk
+// with up to NT tokens, so the row is read from memory once for all of them.
+template <int DT, int NT>
+__global__ void __launch_bounds__(32 * MV_WARPS)
+    k_matvec(const uint8_t *W, size_t w_nb1, int64_t m, int64_t k, const float *x, int64_t x_ld,
+             const float *bias, float *y, int64_t y_ld, int n) {
+    constexpr int E = chunk<DT>::E;
+    int lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (row >= m) return;
+    const uint8_t *wr = W + row * w_nb1;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    int64_t nc = k / E;
+#pragma unroll 2
+    for (int64_t c = lane; c < nc; c += 32) {
+        float w[E];
+        deq<DT>(wr, c, w);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t >= n) break;
+            const float4 *xp = (const float4 *)(x + t * x_ld + c * E);
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < E / 4; i++) {
+                float4 v = xp[i];
+                s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z + w[4 * i + 3] * v.w;
+            }
+            acc[t] += s;
+        }
+    }
+    float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t < n) y[t * y_ld + row] = s + b;
+    }
+}
+
+template <int DT>
+static void launch_matvec(const mt_tensor *w, const float *x, int64_t x_ld, const float *bias, float *y,
+                          int64_t y_ld, int n) {
+    int64_t m = w->ne[1], k = w->ne[0];
+    unsigned g = (unsigned)cdiv(m, MV_WARPS), b = 32 * MV_WARPS;
+    const uint8_t *W = (const uint8_t *)w->data;
+    if (n == 1)
+        k_matvec<DT, 1><<<g, b, 0, stream()>>>(W, w->nb[1], m, k, x, x_ld, bias, y, y_ld, n);
+    else if (n == 2)
+        k_matvec<DT, 2><<<g, b, 0, stream()>>>(W, w->nb[1], m, k, x, x_ld, bias, y, y_ld, n);
+    else if (n <= 4)
+        k_matvec<DT, 4><<<g, b, 0, stream()>>>(W, w->nb[1], m, k, x, x_ld, bias, y, y_ld, n);
+    else
+        k_matvec<DT, MV_MAX_TOK><<<g, b, 0, stream()>>>(W, w->nb[1], m, k, x, x_ld, bias, y, y_ld, n);
+}
+
+// x [k, n] F32 (row stride x_ld floats) -> dense F16 or BF16 [k, n].
+template <bool BF> __global__ void k_to_half(const float *x, int64_t x_ld, int64_t k, int64_t n, void *out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= k * n) return;
+    float v = x[(i / k) * x_ld + i % k];
+    if (BF)
+        ((__nv_bfloat16 *)out)[i] = __float2bfloat16(v);
+    else
+        ((__half *)out)[i] = __float2half(v);
+}
+
+// rows [0, rows) of a stored matrix -> dense F16, one 32-element chunk per thread.
+template <int DT>
+__global__ void k_deq_f16(const uint8_t *W, size_t w_nb1, int64_t rows, int64_t k, __half *out) {
+    constexpr int E = chunk<DT>::E;
+    int64_t per_row = k / E, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * per_row) return;
+    int64_t r = i / per_row, c = i % per_row;
+    float w[E];
+    deq<DT>(W + r * w_nb1, c, w);
+    __half *o = out + r * k + c * E;
+#pragma unroll
+    for (int j = 0; j < E; j += 2) *(__half2 *)(o + j) = __floats2half2_rn(w[j], w[j + 1]);
+}
+
+__global__ void k_add_bias(float *y, int64_t y_ld, int64_t m, int64_t n, const float *bias) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * n) return;
+    y[(i / m) * y_ld + i % m] += bias[i % m];
+}
+
+mt_status mt_cuda_reserve(int n_tok, int64_t k) {
+    mt_cuda_ctx *c = mt_cuda_ctx_get();
+    if (!c) return mt_fail(MT_ERR_UNSUPPORTED, "cuda: no usable CUDA device");
+    if (n_tok <= MV_MAX_TOK) return MT_OK;
+    MT_TRY(mt_cuda_staging(&c->act16, &c->act16_bytes, (size_t)n_tok * (size_t)k * 2, "F16 activations"));
+    return mt_cuda_staging(&c->w16, &c->w16_bytes, W16_CHUNK_ELEMS * 2, "F16 weight rows");
+}
+
+static mt_status blas_status(cublasStatus_t s) {
+    if (s == CUBLAS_STATUS_SUCCESS) return MT_OK;
+    return mt_fail(MT_ERR_INTERNAL, "cuda: cuBLAS GEMM failed: %s", cublasGetStatusString(s));
+}
+
+static mt_status matmul_gemm(const mt_node *nd) {
+    mt_cuda_ctx *c = mt_cuda_ctx_get();
+    const mt_tensor *w = nd->src[0], *x = nd->src[1];
+    int64_t k = w->ne[0], m = w->ne[1], n = x->ne[1];
+    int64_t x_ld = (int64_t)(x->nb[1] / 4), y_ld = (int64_t)(nd->dst->nb[1] / 4);
+    float *y = (float *)nd->dst->data;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t bs;
+    if (w->dtype == MT_F32) {
+        bs = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)n, (int)k, &one, w->data,
+                          CUDA_R_32F, (int)(w->nb[1] / 4), x->data, CUDA_R_32F, (int)x_ld, &zero, y,
+                          CUDA_R_32F, (int)y_ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        MT_TRY(blas_status(bs));
+    } else {
+        bool bf = w->dtype == MT_BF16;
+        MT_TRY(mt_cuda_staging(&c->act16, &c->act16_bytes, (size_t)(k * n) * 2, "F16 activations"));
+        if (bf)
+            k_to_half<true>
+                <<<cdiv(k * n, 256), 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, c->act16);
+        else
+            k_to_half<false>
+                <<<cdiv(k * n, 256), 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, c->act16);
+        MT_TRY(mt_cu_launched("matmul: convert activations"));
+        cudaDataType wt = bf ? CUDA_R_16BF : CUDA_R_16F;
+        if (w->dtype == MT_F16 || bf) {
+            bs = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)n, (int)k, &one, w->data, wt,
+                              (int)(w->nb[1] / 2), c->act16, wt, (int)k, &zero, y, CUDA_R_32F, (int)y_ld,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            MT_TRY(blas_status(bs));
+        } else {
+            MT_TRY(mt_cuda_staging(&c->w16, &c->w16_bytes, W16_CHUNK_ELEMS * 2, "F16 weight rows"));
+            int64_t chunk_rows = (int64_t)(W16_CHUNK_ELEMS / (size_t)k);
+            if (chunk_rows < 1) chunk_rows = 1;
+            for (int64_t r0 = 0; r0 < m; r0 += chunk_rows) {
+                int64_t rows = m - r0 < chunk_rows ? m - r0 : chunk_rows;
+                const uint8_t *W = (const uint8_t *)w->data + r0 * (int64_t)w->nb[1];
+                int64_t nthr = rows * k / 8; // upper bound of chunks (E >= 8)
+                switch (w->dtype) {
+#define X(DT)                                                                                                \
+    case DT:                                                                                                 \
+        k_deq_f16<DT><<<cdiv(nthr, 256), 256, 0, c->stream>>>(W, w->nb[1], rows, k, (__half *)c->w16);       \
+        break;
+                    MT_CU_DTYPES(X)
+#undef X
+                default:
+                    return mt_fail(MT_ERR_UNSUPPORTED, "cuda matmul: no kernel for %s",
+                                   mt_dtype_name(w->dtype));
+                }
+                MT_TRY(mt_cu_launched("matmul: dequantize weights"));
+                bs = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)k, &one, c->w16,
+                                  CUDA_R_16F, (int)k, c->act16, CUDA_R_16F, (int)k, &zero, y + r0, CUDA_R_32F,
+                                  (int)y_ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                MT_TRY(blas_status(bs));
+            }
+        }
+    }
+    if (nd->src[2]) {
+        k_add_bias<<<cdiv(m * n, 256), 256, 0, c->stream>>>(y, y_ld, m, n, (const float *)nd->src[2]->data);
+        MT_TRY(mt_cu_launched("matmul: bias"));
+    }
+    return MT_OK;
+}
+
+mt_status mt_cuda_op_matmul(const mt_node *nd) {
+    const mt_tensor *w = nd->src[0], *x = nd->src[1];
+    int n = (int)x->ne[1];
+    if (n == 0 || w->ne[1] == 0) return MT_OK;
+    int64_t x_ld = (int64_t)(x->nb[1] / 4), y_ld = (int64_t)(nd->dst->nb[1] / 4);
+    int E = (w->dtype == MT_F32 || w->dtype == MT_F16 || w->dtype == MT_BF16) ? 8 : 32;
+    bool vec_ok = w->ne[0] % E == 0 && x_ld % 4 == 0 && ((uintptr_t)x->data & 15) == 0 && w->nb[1] % 16 == 0;
+    if (n > MV_MAX_TOK || !vec_ok) return matmul_gemm(nd);
+    const float *bias = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
+    const float *xp = (const float *)x->data;
+    float *y = (float *)nd->dst->data;
+    switch (w->dtype) {
+#define X(DT)                                                                                                \
+    case DT:                                                                                                 \
+        launch_matvec<DT>(w, xp, x_ld, bias, y, y_ld, n);                                                    \
+        break;
+        MT_CU_DTYPES(X)
+#undef X
+    default:
+        return mt_fail(MT_ERR_UNSUPPORTED, "cuda matmul: no kernel for %s", mt_dtype_name(w->dtype));
+    }
+    return mt_cu_launched("matmul");
+}
+
+mt_status mt_cuda_run_node(const mt_node *n) {
+    switch (n->op) {
+    case MT_OP_EMBEDDING:
+        return mt_cuda_op_embedding(n);
+    case MT_OP_RMSNORM:
+        return mt_cuda_op_rmsnorm(n);
+    case MT_OP_MATMUL:
+        return mt_cuda_op_matmul(n);
+    case MT_OP_ROPE:
+        return mt_cuda_op_rope(n);
+    case MT_OP_KV_WRITE:
+        return mt_cuda_op_kv_write(n);
+    case MT_OP_ATTENTION:
+        return mt_cuda_op_attention(n);
+    case MT_OP_SWIGLU:
+        return mt_cuda_op_swiglu(n);
+    case MT_OP_ADD:
+        return mt_cuda_op_add(n);
+    case MT_OP_SOFTMAX:
+        return mt_cuda_op_softmax(n);
+    default:
+        return mt_fail(MT_ERR_UNSUPPORTED, "cuda: no kernel for op %d", (int)n->op);
+    }
+}
