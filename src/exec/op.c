@@ -9,6 +9,7 @@
 
 #include "../backend/cpu/cpu-features.h"
 #include "../backend/cpu/matmul-fast.h"
+#include "../backend/cpu/ops-fast.h"
 #include "../backend/cpu/ops.h"
 #ifdef MT_CUDA
 #include "../backend/cuda/backend-cuda.h"
@@ -299,17 +300,22 @@ static bool matmul_fast_supports(const mt_node *n) {
 static const mt_op_def op_table[MT_OP_COUNT] = {
     [MT_OP_EMBEDDING] = {"embedding", check_embedding, mt_cpu_op_embedding, NULL, NULL,
                          CUDA_OP(mt_cuda_op_embedding)},
-    [MT_OP_RMSNORM] = {"rmsnorm", check_rmsnorm, mt_cpu_op_rmsnorm, NULL, NULL, CUDA_OP(mt_cuda_op_rmsnorm)},
+    [MT_OP_RMSNORM] = {"rmsnorm", check_rmsnorm, mt_cpu_op_rmsnorm, mt_cpu_fast_rmsnorm,
+                       mt_cpu_ops_fast_supports, CUDA_OP(mt_cuda_op_rmsnorm)},
     [MT_OP_MATMUL] = {"matmul", check_matmul, mt_cpu_op_matmul, mt_cpu_matmul_fast, matmul_fast_supports,
                       CUDA_OP(mt_cuda_op_matmul)},
-    [MT_OP_ROPE] = {"rope", check_rope, mt_cpu_op_rope, NULL, NULL, CUDA_OP(mt_cuda_op_rope)},
+    [MT_OP_ROPE] = {"rope", check_rope, mt_cpu_op_rope, mt_cpu_fast_rope, mt_cpu_ops_fast_supports,
+                    CUDA_OP(mt_cuda_op_rope)},
     [MT_OP_KV_WRITE] = {"kv_write", check_kv_write, mt_cpu_op_kv_write, NULL, NULL,
                         CUDA_OP(mt_cuda_op_kv_write)},
-    [MT_OP_ATTENTION] = {"attention", check_attention, mt_cpu_op_attention, NULL, NULL,
-                         CUDA_OP(mt_cuda_op_attention)},
-    [MT_OP_SWIGLU] = {"swiglu", check_swiglu, mt_cpu_op_swiglu, NULL, NULL, CUDA_OP(mt_cuda_op_swiglu)},
-    [MT_OP_ADD] = {"add", check_add, mt_cpu_op_add, NULL, NULL, CUDA_OP(mt_cuda_op_add)},
-    [MT_OP_SOFTMAX] = {"softmax", check_softmax, mt_cpu_op_softmax, NULL, NULL, CUDA_OP(mt_cuda_op_softmax)},
+    [MT_OP_ATTENTION] = {"attention", check_attention, mt_cpu_op_attention, mt_cpu_fast_attention,
+                         mt_cpu_ops_fast_supports, CUDA_OP(mt_cuda_op_attention)},
+    [MT_OP_SWIGLU] = {"swiglu", check_swiglu, mt_cpu_op_swiglu, mt_cpu_fast_swiglu, mt_cpu_ops_fast_supports,
+                      CUDA_OP(mt_cuda_op_swiglu)},
+    [MT_OP_ADD] = {"add", check_add, mt_cpu_op_add, mt_cpu_fast_add, mt_cpu_ops_fast_supports,
+                   CUDA_OP(mt_cuda_op_add)},
+    [MT_OP_SOFTMAX] = {"softmax", check_softmax, mt_cpu_op_softmax, mt_cpu_fast_softmax,
+                       mt_cpu_ops_fast_supports, CUDA_OP(mt_cuda_op_softmax)},
 };
 
 const mt_op_def *mt_op_get(mt_op_kind op) {
