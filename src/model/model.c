@@ -533,19 +533,25 @@ static mt_status check_nodes(const mt_node *nodes, int n) {
     return MT_OK;
 }
 
-static void run_body_profiled(mt_session *s, int n_body) {
+// Latency mode: the embedding and each block go through the dispatcher as their own step under a scope,
+// so legacy nodes are timed at forward_step/block_N/<op> and each block has its total on either path.
+static mt_status run_body_profiled(mt_session *s, int n_body, int n) {
+    MT_ASSERT(n_body == 1 + s->c->n_layer * NODES_PER_LAYER);
+    const mt_tensor *out[] = {&s->t_x};
     uint64_t t0 = mt_tel_now_ns();
-    mt_eager_run_unchecked(s->nodes, 1, s->pool);
+    MT_TRY(mt_exec_run(s->exec, &(mt_exec_step){s->nodes, 1, n, out, 1, "embedding"}));
     mt_tel_emit_internal("embedding", (double)(mt_tel_now_ns() - t0) / 1e3);
     for (int l = 0; l < s->c->n_layer; l++) {
         char name[32], ev[40];
         snprintf(name, sizeof name, "block_%d", l);
         snprintf(ev, sizeof ev, "block_%d_total", l);
         mt_tel_begin(name);
-        mt_eager_run_unchecked(s->nodes + 1 + l * NODES_PER_LAYER, NODES_PER_LAYER, s->pool);
+        mt_status st = mt_exec_run(
+            s->exec, &(mt_exec_step){s->nodes + 1 + l * NODES_PER_LAYER, NODES_PER_LAYER, n, out, 1, name});
         mt_tel_end(ev);
+        MT_TRY(st);
     }
-    MT_ASSERT(n_body == 1 + s->c->n_layer * NODES_PER_LAYER);
+    return MT_OK;
 }
 
 // One ForwardStep event per decode call (only with a sink or latency mode on).
@@ -713,26 +719,26 @@ mt_status mt_session_decode(mt_session *s, const mt_batch *b) {
     // node's time lands at forward_step/block_N/<op>; throughput mode runs the body as one list
     const bool prof = mt_tel_profiling(), act = prof || mt_metrics_enabled();
     if (act) mt_tel_begin("forward_step");
-    if (prof)
-        run_body_profiled(s, n_body);
-    else
-        MT_TRY(mt_exec_run(s->exec,
-                           &(mt_exec_step){s->nodes, n_body, n, (const mt_tensor *[]){&s->t_x}, 1, "body"}));
-    for (int i = 0; i < n; i++)
-        if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
-    if (n_head) {
+    mt_status st = prof ? run_body_profiled(s, n_body, n)
+                        : mt_exec_run(s->exec, &(mt_exec_step){s->nodes, n_body, n,
+                                                               (const mt_tensor *[]){&s->t_x}, 1, "body"});
+    if (st == MT_OK) {
+        for (int i = 0; i < n; i++)
+            if (s->pos[i] + 1 > s->seq_len[s->seq[i]]) s->seq_len[s->seq[i]] = s->pos[i] + 1;
+    }
+    if (st == MT_OK && n_head) {
         size_t d = (size_t)s->c->n_embd;
         for (int j = 0; j < n_out; j++)
             memcpy(s->xo + (size_t)j * d, s->x + (size_t)s->out_rows[j] * d, d * sizeof(float));
         if (prof) mt_tel_begin("lm_head");
-        MT_TRY(mt_exec_run(
-            s->exec, &(mt_exec_step){head, n_head, n_out, (const mt_tensor *[]){&s->t_logits}, 1, "head"}));
+        st = mt_exec_run(
+            s->exec, &(mt_exec_step){head, n_head, n_out, (const mt_tensor *[]){&s->t_logits}, 1, "head"});
         if (prof) mt_tel_end("lm_head_total");
     }
-    s->n_logits = n_out;
-    if (act) {
+    if (st == MT_OK) s->n_logits = n_out;
+    if (act) { // the scope closes on failure too, so the caller's scopes stay balanced
         double us = mt_tel_end("forward_step_total");
-        forward_step_event(s, b, n_out, us);
+        if (st == MT_OK) forward_step_event(s, b, n_out, us);
     }
-    return MT_OK;
+    return st;
 }
