@@ -124,11 +124,6 @@ static int sampler_params(const cli_opts *o, const mt_model *m, mt_sampler_param
     return 0;
 }
 
-static void note_backends(const cli_opts *o) {
-    if (!strcmp(o->backend, "graph") || !strcmp(o->sdpa_backend, "graph"))
-        fprintf(stderr, "metallic: note: the graph path is not built yet; using the legacy path\n");
-}
-
 typedef struct engine {
     mt_model *model;
     mt_session *session;
@@ -144,7 +139,6 @@ static void engine_free(engine *e) {
 
 static int engine_open(const cli_opts *o, engine *e) {
     memset(e, 0, sizeof *e);
-    note_backends(o);
     if (mt_model_load(o->model, &e->model) != MT_OK) return load_fail(o->model);
     mt_sampler_params sp;
     int rc = sampler_params(o, e->model, &sp);
