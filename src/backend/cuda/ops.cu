@@ -458,6 +458,67 @@ __global__ void k_attention(rows_t q, kv_t kc, kv_t vc, rows_t dst, const int32_
     }
 }
 
+// Tiled variant for head_dim <= 128: per tile of ATT_TILE positions, every thread scores whole keys
+// (independent loads, no per-position reduction), the block turns them into probabilities, then thread
+// (g, e) accumulates element e over positions g, g + G, ... with coalesced V loads.
+enum { ATT_TILE = 512, ATT_THREADS = 128 };
+
+__global__ void __launch_bounds__(ATT_THREADS)
+    k_attention_tiled(rows_t q, kv_t kc, kv_t vc, rows_t dst, const int32_t *pos, const int32_t *seq,
+                      int group, float scale) {
+    __shared__ __align__(16) float qs[128];
+    __shared__ float sc[ATT_TILE];
+    __shared__ float red[ATT_THREADS];
+    int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    int hd = (int)q.ne0, heads = (int)q.ne1, kvh = h / group, len = pos[t] + 1;
+    const float *qr = q.row((int64_t)t * heads + h);
+    for (int e = tid; e < hd; e += ATT_THREADS) qs[e] = qr[e] * scale;
+    __syncthreads();
+    const char *kb = kc.data + (int64_t)kvh * kc.nb1 + (int64_t)seq[t] * kc.nb3;
+    const char *vb = vc.data + (int64_t)kvh * vc.nb1 + (int64_t)seq[t] * vc.nb3;
+    int G = ATT_THREADS / hd, g = tid / hd, e = tid % hd;
+    float m = -INFINITY, l = 0.0f, acc = 0.0f;
+    for (int t0 = 0; t0 < len; t0 += ATT_TILE) {
+        int tn = len - t0 < ATT_TILE ? len - t0 : ATT_TILE;
+        float tmax = -INFINITY;
+        for (int j = tid; j < tn; j += ATT_THREADS) {
+            const float4 *kr = (const float4 *)(kb + (int64_t)(t0 + j) * kc.nb2);
+            const float4 *q4 = (const float4 *)qs;
+            float s = 0.0f;
+            for (int i = 0; i < hd / 4; i++) {
+                float4 a = kr[i], b = q4[i];
+                s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+            sc[j] = s;
+            tmax = fmaxf(tmax, s);
+        }
+        tmax = block_max(tmax);
+        float mn = fmaxf(m, tmax), corr = expf(m - mn), psum = 0.0f;
+        for (int j = tid; j < tn; j += ATT_THREADS) {
+            float p = expf(sc[j] - mn);
+            sc[j] = p;
+            psum += p;
+        }
+        psum = block_sum(psum); // its barriers also publish sc[]
+        l = l * corr + psum;
+        m = mn;
+        acc *= corr;
+        if (g < G) {
+            const char *vp = vb + (int64_t)t0 * vc.nb2;
+#pragma unroll 4
+            for (int j = g; j < tn; j += G) acc += sc[j] * ((const float *)(vp + (int64_t)j * vc.nb2))[e];
+        }
+        __syncthreads(); // sc[] is rewritten by the next tile
+    }
+    red[tid] = g < G ? acc : 0.0f;
+    __syncthreads();
+    if (tid < hd) {
+        float o = 0.0f;
+        for (int k = 0; k < G; k++) o += red[k * hd + tid];
+        dst.row((int64_t)t * heads + h)[tid] = o / l;
+    }
+}
+
 mt_status mt_cuda_op_attention(const mt_node *n) {
     const mt_tensor *q = n->src[0], *k = n->src[1], *v = n->src[2];
     int64_t hd = q->ne[0], heads = q->ne[1], ntok = q->ne[2];
@@ -468,6 +529,12 @@ mt_status mt_cuda_op_attention(const mt_node *n) {
     kv_t kc = {(const char *)k->data, k->nb[1], k->nb[2], k->nb[3]};
     kv_t vc = {(const char *)v->data, v->nb[1], v->nb[2], v->nb[3]};
     dim3 g((unsigned)heads, (unsigned)ntok);
+    bool rows16 = k->nb[2] % 16 == 0 && v->nb[2] % 16 == 0 && ((uintptr_t)k->data & 15) == 0;
+    if (hd <= 128 && hd % 4 == 0 && ATT_THREADS % hd == 0 && rows16) {
+        k_attention_tiled<<<g, ATT_THREADS, 0, stream()>>>(rows_of(q), kc, vc, rows_of(n->dst), n->p.pos,
+                                                           n->p.seq, (int)(heads / k->ne[1]), scale);
+        return mt_cu_launched("attention");
+    }
     k_attention<<<g, 32 * ATT_WARPS, 0, stream()>>>(rows_of(q), kc, vc, rows_of(n->dst), n->p.pos, n->p.seq,
                                                     (int)(heads / k->ne[1]), scale);
     return mt_cu_launched("attention");
@@ -644,7 +711,9 @@ mt_status mt_cuda_op_matmul(const mt_node *nd) {
     if (n == 0 || w->ne[1] == 0) return MT_OK;
     int64_t x_ld = (int64_t)(x->nb[1] / 4), y_ld = (int64_t)(nd->dst->nb[1] / 4);
     int E = (w->dtype == MT_F32 || w->dtype == MT_F16 || w->dtype == MT_BF16) ? 8 : 32;
-    bool vec_ok = w->ne[0] % E == 0 && x_ld % 4 == 0 && ((uintptr_t)x->data & 15) == 0 && w->nb[1] % 16 == 0;
+    // plain types load 16 bytes of a row at once; block types only need 2-byte alignment
+    bool vec_ok = w->ne[0] % E == 0 && x_ld % 4 == 0 && ((uintptr_t)x->data & 15) == 0 &&
+                  w->nb[1] % (E == 8 ? 16 : 2) == 0;
     if (n > MV_MAX_TOK || !vec_ok) return matmul_gemm(nd);
     const float *bias = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
     const float *xp = (const float *)x->data;

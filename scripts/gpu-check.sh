@@ -1,0 +1,64 @@
+#!/bin/sh
+# GPU check: CUDA op tests against the CPU references, whole-model checks (tiny models and a random model
+# at the exact Qwen2.5-0.5B shapes) and legacy-vs-graph timings, on a machine with an NVIDIA GPU.
+#
+#   scripts/gpu-check.sh [BIN_DIR] [STAGES]     BIN_DIR holds metallic and test-cuda-ops (default build)
+#   STAGES: any of ops tiny r05 bench05 bench7b (default: ops tiny r05 bench05)
+#   VOCAB=path.gguf supplies the tokenizer for tools/gen_random_model.py (default: the real model).
+# Models are generated under $MODELS (default /tmp/metallic-gpu-models); the last line is the summary.
+set -u
+BIN=${1:-build}
+STAGES=${2:-"ops tiny r05 bench05"}
+PY=${PYTHON:-python3}
+MODELS=${MODELS:-/tmp/metallic-gpu-models}
+VOCAB=${VOCAB:-models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}
+mkdir -p "$MODELS"
+fail=0
+pass=0
+note() { printf '== %s\n' "$*"; }
+run() { # counts the test binary's own summary
+    "$@"
+    rc=$?
+    if [ $rc -eq 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAILED: $*"; fi
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null
+for s in $STAGES; do
+    case $s in
+    ops)
+        note "CUDA ops vs CPU references"
+        run "$BIN/test-cuda-ops"
+        ;;
+    tiny)
+        note "tiny models: CUDA sessions (legacy and graph) vs the CPU engine"
+        $PY tools/gen_tiny_model.py "$MODELS/tiny-f32.gguf" --dtype f32 --layers 3 --seed 12 &&
+            $PY tools/gen_tiny_model.py "$MODELS/tiny-f16.gguf" --dtype f16 --layers 2 --seed 13 &&
+            $PY tools/gen_tiny_model.py "$MODELS/tiny-q8.gguf" --dtype q8_0 --layers 2 --seed 14 --tied
+        run "$BIN/test-cuda-ops" "$MODELS/tiny-f32.gguf" "$MODELS/tiny-f16.gguf" "$MODELS/tiny-q8.gguf"
+        ;;
+    r05)
+        note "random Qwen2.5-0.5B shapes (f16, q8_0): CUDA vs CPU logits and greedy tokens"
+        for d in f16 q8_0; do
+            [ -f "$MODELS/r05-$d.gguf" ] ||
+                $PY tools/gen_random_model.py "$MODELS/r05-$d.gguf" --shape 0.5b --dtype $d --vocab-from "$VOCAB"
+        done
+        run "$BIN/test-cuda-ops" "$MODELS/r05-f16.gguf" "$MODELS/r05-q8_0.gguf"
+        ;;
+    bench05)
+        note "benchmarks, Qwen2.5-0.5B shapes: pp512 / tg128, legacy launches vs CUDA graphs"
+        for d in f16 q8_0; do
+            [ -f "$MODELS/r05-$d.gguf" ] ||
+                $PY tools/gen_random_model.py "$MODELS/r05-$d.gguf" --shape 0.5b --dtype $d --vocab-from "$VOCAB"
+            run "$BIN/test-cuda-ops" --bench "$MODELS/r05-$d.gguf" 512
+        done
+        ;;
+    bench7b)
+        note "benchmarks, Qwen2.5-7B shapes (q8_0): pp512 / tg128"
+        [ -f "$MODELS/r7-q8_0.gguf" ] ||
+            $PY tools/gen_random_model.py "$MODELS/r7-q8_0.gguf" --shape 7b --dtype q8_0 --vocab-from "$VOCAB"
+        run "$BIN/test-cuda-ops" --bench "$MODELS/r7-q8_0.gguf" 512
+        ;;
+    *) echo "unknown stage $s" && fail=$((fail + 1)) ;;
+    esac
+done
+echo "$pass passed, $fail failed, 0 skipped"
+[ $fail -eq 0 ]

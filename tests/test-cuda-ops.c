@@ -1,0 +1,381 @@
+// CUDA backend tests: every op against the CPU scalar reference on random inputs (fixed seeds), with
+// guard bytes after each output; then, given a model (argv[1] or METALLIC_TEST_MODEL), whole-model logits
+// and greedy tokens of CUDA sessions (graph and legacy) against the CPU engine. `--bench MODEL` times
+// prefill and decode on the GPU, legacy launches vs CUDA graphs. Skips cleanly without CUDA or a GPU.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/device.h"
+#include "core/quant.h"
+#include "exec/op.h"
+#include "harness.h"
+#include "metallic.h"
+
+#define GUARD 64 // bytes past every device output that must stay untouched
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) { // uniform in [-1, 1)
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / (1 << 23))) - 1.0f;
+}
+
+// A host tensor and its device twin (same shape, contiguous).
+typedef struct {
+    mt_tensor h, d;
+    size_t bytes;
+} pair;
+
+static void pair_make(pair *p, mt_dtype dt, int ndim, const int64_t *ne) {
+    mt_tensor_init(&p->h, dt, ndim, ne, NULL);
+    p->bytes = mt_tensor_nbytes(&p->h);
+    p->h.data = malloc(p->bytes + GUARD);
+    p->d = p->h;
+    void *d = NULL;
+    MT_ASSERT(mt_device_alloc(MT_DEVICE_CUDA, p->bytes + GUARD, "test tensor", &d) == MT_OK);
+    p->d.data = d;
+    memset(p->h.data, 0xA5, p->bytes + GUARD);
+}
+
+static void pair_upload(pair *p) {
+    MT_ASSERT(mt_device_upload(MT_DEVICE_CUDA, p->d.data, p->h.data, p->bytes + GUARD) == MT_OK);
+}
+
+static void pair_fill(pair *p, float scale) {
+    if (p->h.dtype == MT_F32) {
+        float *f = p->h.data;
+        for (size_t i = 0; i < p->bytes / 4; i++) f[i] = frand() * scale;
+    } else {
+        // quantize random rows of the stored type
+        int64_t k = p->h.ne[0], rows = p->h.ne[1] * p->h.ne[2] * p->h.ne[3];
+        float *tmp = malloc((size_t)k * sizeof(float));
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t i = 0; i < k; i++) tmp[i] = frand() * scale;
+            mt_quantize_row(p->h.dtype, tmp, (char *)p->h.data + r * (int64_t)p->h.nb[1], k);
+        }
+        free(tmp);
+    }
+    pair_upload(p);
+}
+
+static void pair_free(pair *p) {
+    free(p->h.data);
+    mt_device_free(MT_DEVICE_CUDA, p->d.data);
+}
+
+// Runs the node on the CPU reference (host twins) and on CUDA (device twins); compares dst.
+static double run_both(mt_node *hn, mt_node *dn, pair *dst, double tol, const char *what) {
+    mt_status st = mt_op_check(hn);
+    CHECK(st == MT_OK, "%s: check: %s", what, mt_last_error());
+    mt_op_get(hn->op)->cpu_ref(hn, 0, 1);
+    // poison the device output (guard included), run, read back
+    void *got = malloc(dst->bytes + GUARD);
+    memset(got, 0x5A, dst->bytes + GUARD);
+    if (dn->src[0] != dn->dst)
+        MT_ASSERT(mt_device_upload(MT_DEVICE_CUDA, dst->d.data, got, dst->bytes + GUARD) == MT_OK);
+    st = mt_device_run(MT_DEVICE_CUDA, dn, 1);
+    CHECK(st == MT_OK, "%s: run: %s", what, mt_last_error());
+    CHECK(mt_device_sync(MT_DEVICE_CUDA) == MT_OK, "%s: sync: %s", what, mt_last_error());
+    MT_ASSERT(mt_device_download(MT_DEVICE_CUDA, got, dst->d.data, dst->bytes + GUARD) == MT_OK);
+    const float *a = dst->h.data, *b = got;
+    double num = 0, den = 0, worst = 0;
+    size_t n = dst->bytes / 4, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(b[i])) bad++;
+        double e = fabs((double)a[i] - b[i]);
+        num += e * e, den += (double)a[i] * a[i];
+        if (e > worst) worst = e;
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    unsigned char *g = (unsigned char *)got + dst->bytes;
+    int guard_ok = 1;
+    // in-place ops carry the host guard pattern (0xA5); others the poison (0x5A)
+    unsigned char want = dn->src[0] == dn->dst ? 0xA5 : 0x5A;
+    for (int i = 0; i < GUARD; i++) guard_ok &= g[i] == want;
+    CHECK(bad == 0, "%s: %zu non-finite outputs", what, bad);
+    CHECK(rel <= tol, "%s: rel diff %.3g > %.3g (max abs %.3g)", what, rel, tol, worst);
+    CHECK(guard_ok, "%s: wrote past the output", what);
+    printf("    %-40s rel %.2e  max abs %.2e\n", what, rel, worst);
+    free(got);
+    return rel;
+}
+
+static void test_matmul(mt_dtype dt, int k, int m, int n, int bias) {
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s k%d m%d n%d%s", mt_dtype_name(dt), k, m, n, bias ? " +bias" : "");
+    pair w, x, b, y;
+    pair_make(&w, dt, 2, (int64_t[]){k, m});
+    pair_make(&x, MT_F32, 2, (int64_t[]){k, n});
+    pair_make(&b, MT_F32, 1, (int64_t[]){m});
+    pair_make(&y, MT_F32, 2, (int64_t[]){m, n});
+    pair_fill(&w, 1.0f), pair_fill(&x, 1.0f), pair_fill(&b, 1.0f);
+    mt_node hn = {.op = MT_OP_MATMUL, .src = {&w.h, &x.h, bias ? &b.h : NULL}, .dst = &y.h};
+    mt_node dn = {.op = MT_OP_MATMUL, .src = {&w.d, &x.d, bias ? &b.d : NULL}, .dst = &y.d};
+    // decode kernels accumulate in F32; the GEMM path rounds activations (and weights) to F16/BF16
+    double tol = n <= 8 ? 2e-5 : dt == MT_BF16 ? 1e-2 : 2e-3;
+    run_both(&hn, &dn, &y, tol, what);
+    pair_free(&w), pair_free(&x), pair_free(&b), pair_free(&y);
+}
+
+static void test_embedding(mt_dtype dt) {
+    int d = 256, V = 50, n = 7;
+    pair t, ids, y;
+    pair_make(&t, dt, 2, (int64_t[]){d, V});
+    pair_make(&ids, MT_I32, 1, (int64_t[]){n});
+    pair_make(&y, MT_F32, 2, (int64_t[]){d, n});
+    pair_fill(&t, 1.0f);
+    for (int i = 0; i < n; i++) ((int32_t *)ids.h.data)[i] = (i * 17 + 3) % V;
+    pair_upload(&ids);
+    mt_node hn = {.op = MT_OP_EMBEDDING, .src = {&t.h, &ids.h}, .dst = &y.h};
+    mt_node dn = {.op = MT_OP_EMBEDDING, .src = {&t.d, &ids.d}, .dst = &y.d};
+    char what[64];
+    snprintf(what, sizeof what, "embedding %s", mt_dtype_name(dt));
+    run_both(&hn, &dn, &y, 1e-7, what);
+    pair_free(&t), pair_free(&ids), pair_free(&y);
+}
+
+static void test_simple(void) {
+    int d = 896, n = 5;
+    pair x, w, y, u;
+    pair_make(&x, MT_F32, 2, (int64_t[]){d, n});
+    pair_make(&u, MT_F32, 2, (int64_t[]){d, n});
+    pair_make(&w, MT_F32, 1, (int64_t[]){d});
+    pair_make(&y, MT_F32, 2, (int64_t[]){d, n});
+    pair_fill(&x, 3.0f), pair_fill(&u, 2.0f), pair_fill(&w, 1.0f);
+    mt_node hn = {.op = MT_OP_RMSNORM, .src = {&x.h, &w.h}, .dst = &y.h, .p = {.eps = 1e-6f}};
+    mt_node dn = {.op = MT_OP_RMSNORM, .src = {&x.d, &w.d}, .dst = &y.d, .p = {.eps = 1e-6f}};
+    run_both(&hn, &dn, &y, 1e-6, "rmsnorm");
+    hn = (mt_node){.op = MT_OP_SWIGLU, .src = {&x.h, &u.h}, .dst = &y.h};
+    dn = (mt_node){.op = MT_OP_SWIGLU, .src = {&x.d, &u.d}, .dst = &y.d};
+    run_both(&hn, &dn, &y, 1e-6, "swiglu");
+    hn = (mt_node){.op = MT_OP_ADD, .src = {&x.h, &u.h}, .dst = &y.h};
+    dn = (mt_node){.op = MT_OP_ADD, .src = {&x.d, &u.d}, .dst = &y.d};
+    run_both(&hn, &dn, &y, 1e-7, "add");
+    hn = (mt_node){.op = MT_OP_SOFTMAX, .src = {&x.h}, .dst = &y.h};
+    dn = (mt_node){.op = MT_OP_SOFTMAX, .src = {&x.d}, .dst = &y.d};
+    run_both(&hn, &dn, &y, 1e-6, "softmax");
+    pair_free(&x), pair_free(&u), pair_free(&w), pair_free(&y);
+}
+
+// rope (in place), kv_write and attention over a 2-sequence cache with grouped heads.
+static void test_attention_path(int hd, int H, int KV, int ctx) {
+    int n = 6;
+    int32_t pos_h[6] = {0, 1, 2, 37 % ctx, 5, ctx - 1}, seq_h[6] = {0, 0, 0, 1, 1, 1};
+    pair pos, seq, q, k, kc, vc, o;
+    pair_make(&pos, MT_I32, 1, (int64_t[]){n});
+    pair_make(&seq, MT_I32, 1, (int64_t[]){n});
+    memcpy(pos.h.data, pos_h, sizeof pos_h), memcpy(seq.h.data, seq_h, sizeof seq_h);
+    pair_upload(&pos), pair_upload(&seq);
+    pair_make(&q, MT_F32, 3, (int64_t[]){hd, H, n});
+    pair_make(&k, MT_F32, 3, (int64_t[]){hd, KV, n});
+    pair_make(&kc, MT_F32, 4, (int64_t[]){hd, KV, ctx, 2});
+    pair_make(&vc, MT_F32, 4, (int64_t[]){hd, KV, ctx, 2});
+    pair_make(&o, MT_F32, 3, (int64_t[]){hd, H, n});
+    pair_fill(&q, 1.0f), pair_fill(&k, 1.0f), pair_fill(&kc, 1.0f), pair_fill(&vc, 1.0f);
+    mt_op_params hp = {.freq_base = 1e6f, .pos = pos.h.data, .seq = seq.h.data};
+    mt_op_params dp = {.freq_base = 1e6f, .pos = pos.d.data, .seq = seq.d.data};
+    char what[64];
+    snprintf(what, sizeof what, "rope hd%d", hd);
+    mt_node hn = {.op = MT_OP_ROPE, .src = {&q.h}, .dst = &q.h, .p = hp};
+    mt_node dn = {.op = MT_OP_ROPE, .src = {&q.d}, .dst = &q.d, .p = dp};
+    run_both(&hn, &dn, &q, 1e-5, what);
+    pair_upload(&q); // both sides continue from the CPU result
+    snprintf(what, sizeof what, "kv_write hd%d", hd);
+    hn = (mt_node){.op = MT_OP_KV_WRITE, .src = {&k.h}, .dst = &kc.h, .p = hp};
+    dn = (mt_node){.op = MT_OP_KV_WRITE, .src = {&k.d}, .dst = &kc.d, .p = dp};
+    // kv_write keeps the rest of the cache: compare the whole cache against the reference
+    MT_ASSERT(mt_device_upload(MT_DEVICE_CUDA, kc.d.data, kc.h.data, kc.bytes) == MT_OK);
+    mt_op_get(MT_OP_KV_WRITE)->cpu_ref(&hn, 0, 1);
+    CHECK(mt_device_run(MT_DEVICE_CUDA, &dn, 1) == MT_OK, "kv_write: %s", mt_last_error());
+    float *got = malloc(kc.bytes);
+    MT_ASSERT(mt_device_download(MT_DEVICE_CUDA, got, kc.d.data, kc.bytes) == MT_OK);
+    CHECK(memcmp(got, kc.h.data, kc.bytes) == 0, "%s: cache differs", what);
+    printf("    %-40s %s\n", what, memcmp(got, kc.h.data, kc.bytes) == 0 ? "identical" : "DIFFERS");
+    free(got);
+    snprintf(what, sizeof what, "attention hd%d H%d KV%d ctx%d", hd, H, KV, ctx);
+    hn = (mt_node){.op = MT_OP_ATTENTION, .src = {&q.h, &kc.h, &vc.h}, .dst = &o.h, .p = hp};
+    dn = (mt_node){.op = MT_OP_ATTENTION, .src = {&q.d, &kc.d, &vc.d}, .dst = &o.d, .p = dp};
+    run_both(&hn, &dn, &o, 1e-5, what);
+    pair_free(&pos), pair_free(&seq), pair_free(&q), pair_free(&k), pair_free(&kc), pair_free(&vc),
+        pair_free(&o);
+}
+
+static void test_argmax(void) {
+    int V = 151936;
+    float *h = malloc((size_t)V * 2 * sizeof(float));
+    for (int i = 0; i < 2 * V; i++) h[i] = frand();
+    h[12345] = 5.0f, h[V + 99999] = 7.0f;
+    void *d, *o;
+    MT_ASSERT(mt_device_alloc(MT_DEVICE_CUDA, (size_t)V * 2 * sizeof(float), "x", &d) == MT_OK);
+    MT_ASSERT(mt_device_alloc(MT_DEVICE_CUDA, 2 * sizeof(int32_t), "out", &o) == MT_OK);
+    MT_ASSERT(mt_device_upload(MT_DEVICE_CUDA, d, h, (size_t)V * 2 * sizeof(float)) == MT_OK);
+    CHECK(mt_device_argmax(MT_DEVICE_CUDA, d, V, 2, o) == MT_OK, "argmax: %s", mt_last_error());
+    int32_t r[2] = {-1, -1};
+    MT_ASSERT(mt_device_download(MT_DEVICE_CUDA, r, o, sizeof r) == MT_OK);
+    CHECK(r[0] == 12345 && r[1] == 99999, "argmax got %d %d", r[0], r[1]);
+    mt_device_free(MT_DEVICE_CUDA, d), mt_device_free(MT_DEVICE_CUDA, o);
+    free(h);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// Prompt of n_prompt tokens, then n_gen greedy steps; returns the greedy tokens and the prompt logits.
+static mt_status run_model(mt_model *m, mt_device_kind dev, bool graphs, int n_prompt, int n_gen,
+                           int32_t *toks, float *logits) {
+    const mt_qwen2_config *c = mt_model_config(m);
+    mt_session_opts o = mt_session_default_opts();
+    o.n_ctx = 256, o.n_batch = 64, o.device = dev, o.cuda_graphs = graphs, o.n_threads = 0;
+    mt_session *s;
+    MT_TRY(mt_session_create(m, &o, &s));
+    int32_t ids[64], pos[64], seq[64];
+    int8_t want[64];
+    uint64_t r = 7;
+    for (int i = 0; i < n_prompt; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((r >> 33) % (uint64_t)c->n_vocab), pos[i] = i, seq[i] = 0, want[i] = 1;
+    }
+    mt_batch b = {n_prompt, ids, pos, seq, want};
+    mt_status st = mt_session_decode(s, &b);
+    for (int i = 0; st == MT_OK && i < n_prompt; i++)
+        memcpy(logits + (size_t)i * c->n_vocab, mt_session_logits(s, i), (size_t)c->n_vocab * sizeof(float));
+    int32_t t = 0;
+    if (st == MT_OK) st = mt_session_argmax(s, n_prompt - 1, &t);
+    for (int i = 0; st == MT_OK && i < n_gen; i++) {
+        toks[i] = t;
+        int32_t p = n_prompt + i, q = 0;
+        mt_batch one = {1, &t, &p, &q, NULL};
+        st = mt_session_decode(s, &one);
+        if (st == MT_OK) st = mt_session_argmax(s, 0, &t);
+    }
+    mt_session_free(s);
+    return st;
+}
+
+static void test_model(const char *path) {
+    mt_model *m;
+    if (mt_model_load(path, &m) != MT_OK) {
+        CHECK(0, "load %s: %s", path, mt_last_error());
+        return;
+    }
+    const mt_qwen2_config *c = mt_model_config(m);
+    int np = 20, ng = 32;
+    size_t L = (size_t)np * c->n_vocab;
+    float *lc = malloc(L * 4), *lg = malloc(L * 4);
+    int32_t tc[32], tg[32];
+    CHECK(run_model(m, MT_DEVICE_CPU, false, np, ng, tc, lc) == MT_OK, "cpu: %s", mt_last_error());
+    for (int gr = 0; gr < 2; gr++) {
+        CHECK(run_model(m, MT_DEVICE_CUDA, gr, np, ng, tg, lg) == MT_OK, "cuda: %s", mt_last_error());
+        double num = 0, den = 0, worst = 0;
+        for (size_t i = 0; i < L; i++) {
+            double e = fabs((double)lc[i] - lg[i]);
+            num += e * e, den += (double)lc[i] * lc[i];
+            if (e > worst) worst = e;
+        }
+        int same = 0;
+        while (same < ng && tc[same] == tg[same]) same++;
+        double rel = sqrt(num / den);
+        printf("    model %s [%s]: prompt logits rel diff %.3e (max abs %.3e), greedy tokens equal %d/%d\n",
+               path, gr ? "graph" : "legacy", rel, worst, same, ng);
+        CHECK(rel < 2e-2, "model logits rel diff %.3g", rel);
+        CHECK(same >= ng / 2, "greedy tokens diverge at step %d", same);
+    }
+    free(lc), free(lg);
+    mt_model_free(m);
+}
+
+static int bench(const char *path, int pp, int tg) {
+    mt_model *m;
+    if (mt_model_load(path, &m) != MT_OK) return fprintf(stderr, "load: %s\n", mt_last_error()), 1;
+    const mt_qwen2_config *c = mt_model_config(m);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)pp), *pos = malloc(sizeof(int32_t) * (size_t)pp),
+            *seq = calloc((size_t)pp, sizeof(int32_t));
+    for (int i = 0; i < pp; i++) ids[i] = (i * 7919) % c->n_vocab, pos[i] = i;
+    printf("| model | test | launches | tok/s | ms/token |\n|---|---|---|---|---|\n");
+    for (int gr = 0; gr < 2; gr++) {
+        mt_session_opts o = mt_session_default_opts();
+        o.n_ctx = pp + tg + 8, o.n_batch = pp, o.device = MT_DEVICE_CUDA, o.cuda_graphs = gr;
+        mt_session *s;
+        if (mt_session_create(m, &o, &s) != MT_OK)
+            return fprintf(stderr, "session: %s\n", mt_last_error()), 1;
+        double best_pp = 1e30, best_tg = 1e30;
+        for (int rep = 0; rep < 4; rep++) { // first run warms up (graph capture, cuBLAS heuristics)
+            mt_session_seq_clear(s, 0);
+            mt_batch b = {pp, ids, pos, seq, NULL};
+            double t0 = now_s();
+            if (mt_session_decode(s, &b) != MT_OK) return fprintf(stderr, "pp: %s\n", mt_last_error()), 1;
+            double t1 = now_s();
+            int32_t t = 0;
+            mt_session_seq_clear(s, 0);
+            mt_batch p = {8, ids, pos, seq, NULL};
+            if (mt_session_decode(s, &p) != MT_OK) return 1;
+            double t2 = now_s();
+            for (int i = 0; i < tg; i++) {
+                int32_t ps = 8 + i, sq = 0;
+                mt_batch one = {1, &t, &ps, &sq, NULL};
+                if (mt_session_decode(s, &one) != MT_OK)
+                    return fprintf(stderr, "tg: %s\n", mt_last_error()), 1;
+                if (mt_session_argmax(s, 0, &t) != MT_OK) return 1;
+            }
+            double t3 = now_s();
+            if (rep > 0 && t1 - t0 < best_pp) best_pp = t1 - t0;
+            if (rep > 0 && t3 - t2 < best_tg) best_tg = t3 - t2;
+        }
+        printf("| %s | pp%d | %s | %.1f | %.3f |\n", c->name, pp, gr ? "graph" : "legacy", pp / best_pp,
+               1e3 * best_pp / pp);
+        printf("| %s | tg%d | %s | %.1f | %.3f |\n", c->name, tg, gr ? "graph" : "legacy", tg / best_tg,
+               1e3 * best_tg / tg);
+        mt_session_free(s);
+    }
+    printf("weights: %.1f MiB\n", (double)mt_model_weight_bytes(m) / (1 << 20));
+    mt_model_free(m);
+    free(ids), free(pos), free(seq);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (!mt_device_available(MT_DEVICE_CUDA)) {
+        SKIP("cuda ops", "no CUDA in this build or no GPU");
+        th_summary();
+        return 0;
+    }
+    // the CPU side of the model comparison runs the scalar references (the fast CPU kernels quantize
+    // activations to 8 bits, which would dominate the difference)
+    setenv("METALLIC_CPU_ISA", "scalar", 1);
+    if (argc >= 3 && !strcmp(argv[1], "--bench")) return bench(argv[2], argc > 3 ? atoi(argv[3]) : 512, 128);
+    printf("device: %s\n", mt_device_description(MT_DEVICE_CUDA));
+    RUN(test_simple);
+    static const mt_dtype dts[] = {MT_F32,  MT_F16,  MT_BF16, MT_Q4_0, MT_Q4_1, MT_Q5_0,
+                                   MT_Q5_1, MT_Q8_0, MT_Q4_K, MT_Q5_K, MT_Q6_K};
+    for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "embedding_%s", mt_dtype_name(dts[i]));
+        RUN_NAMED(name, test_embedding(dts[i]));
+        static const int ns[] = {1, 3, 8, 33};
+        for (int j = 0; j < 4; j++) {
+            snprintf(name, sizeof name, "matmul_%s_n%d", mt_dtype_name(dts[i]), ns[j]);
+            RUN_NAMED(name, test_matmul(dts[i], 512, 200, ns[j], j & 1));
+        }
+    }
+    RUN_NAMED("matmul_q8_0_k896_m4864_n1", test_matmul(MT_Q8_0, 896, 4864, 1, 0));
+    RUN_NAMED("matmul_q6_k_k4864_m896_n40", test_matmul(MT_Q6_K, 4864, 896, 40, 1));
+    RUN_NAMED("attention_hd64", test_attention_path(64, 14, 2, 300));
+    RUN_NAMED("attention_hd128", test_attention_path(128, 28, 4, 64));
+    RUN_NAMED("attention_hd16", test_attention_path(16, 4, 2, 1024));
+    RUN_NAMED("attention_hd256", test_attention_path(256, 4, 2, 700));
+    RUN_NAMED("attention_hd64_long", test_attention_path(64, 14, 2, 3000));
+    RUN(test_argmax);
+    const char *model = argc > 1 ? argv[1] : getenv("METALLIC_TEST_MODEL");
+    for (int i = 1; i < argc || (i == 1 && model); i++) {
+        const char *p = argc > 1 ? argv[i] : model;
+        RUN_NAMED(p, test_model(p));
+        if (argc <= 1) break;
+    }
+    th_summary();
+    return th_failed ? 1 : 0;
+}
