@@ -186,11 +186,11 @@ def metallic_cmd(build):
     drv = os.path.join(build, "bench-main")
     lib = os.path.join(build, "libmetallic.a")
     srcs = ["cli/bench.c", "bench/bench-main.c"]
-    if not os.path.exists(drv) or any(os.path.getmtime(s) > os.path.getmtime(drv) for s in srcs + [lib]):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        cmd = ["cc", "-O2", "-march=native", "-std=c11", "-D_GNU_SOURCE", "-Iinclude", "-Isrc", "-Icli", "-pthread",
-               f'-DMT_BUILD_COMMIT="{commit or "unknown"}"', *srcs, lib, "-lm", "-pthread", "-lcjson", "-o", drv]
-        subprocess.check_call(cmd)
+    # always relinked, so the rows carry the commit being measured
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cmd = ["cc", "-O2", "-march=native", "-std=c11", "-D_GNU_SOURCE", "-Iinclude", "-Isrc", "-Icli", "-pthread",
+           f'-DMT_BUILD_COMMIT="{commit or "unknown"}"', *srcs, lib, "-lm", "-pthread", "-lcjson", "-o", drv]
+    subprocess.check_call(cmd)
     return [drv]
 
 
@@ -277,6 +277,7 @@ def main():
             if isinstance(ours, dict) and name in ours:
                 o = ours[name]
                 row["metallic_ts"], row["metallic_sd"] = o["avg_ts"], o["stddev_ts"]
+                row["metallic_build"] = o.get("build_commit")
                 if o.get("bytes_per_token"):
                     row["bytes_per_token"] = o["bytes_per_token"]
                     row["metallic_gbs"] = o["bytes_per_token"] * o["avg_ts"] / 1e9
