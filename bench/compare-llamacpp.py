@@ -176,6 +176,13 @@ def llama_bench(path, tests, threads, reps):
     return out
 
 
+def link_flags():
+    """The libraries the Makefile links build/libmetallic.a with (it may hold CUDA objects)."""
+    r = subprocess.run(["make", "-s", "--no-print-directory", "--eval=mt-print-link: ; @echo $(LDLIBS) $(CU_LIBS)",
+                        "mt-print-link"], capture_output=True, text=True)
+    return r.stdout.split() if r.returncode == 0 and r.stdout.strip() else ["-lm", "-pthread", "-lcjson"]
+
+
 def metallic_cmd(build):
     """`build/metallic bench` once the CLI dispatches it, else the stand-alone driver (built here)."""
     exe = os.path.join(build, "metallic")
@@ -189,7 +196,7 @@ def metallic_cmd(build):
     # always relinked, so the rows carry the commit being measured
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = ["cc", "-O2", "-march=native", "-std=c11", "-D_GNU_SOURCE", "-Iinclude", "-Isrc", "-Icli", "-pthread",
-           f'-DMT_BUILD_COMMIT="{commit or "unknown"}"', *srcs, lib, "-lm", "-pthread", "-lcjson", "-o", drv]
+           f'-DMT_BUILD_COMMIT="{commit or "unknown"}"', *srcs, lib, *link_flags(), "-o", drv]
     subprocess.check_call(cmd)
     return [drv]
 

@@ -43,6 +43,13 @@ def finish():
     sys.exit(1 if failed else 0)
 
 
+def link_flags():
+    """The libraries the Makefile links build/libmetallic.a with (it may hold CUDA objects)."""
+    r = subprocess.run(["make", "-s", "--no-print-directory", "--eval=mt-print-link: ; @echo $(LDLIBS) $(CU_LIBS)",
+                        "mt-print-link"], capture_output=True, text=True)
+    return r.stdout.split() if r.returncode == 0 and r.stdout.strip() else ["-lm", "-pthread", "-lcjson"]
+
+
 def bench_cmd():
     exe = os.path.join(args.build, "metallic")
     if os.path.exists(exe):
@@ -54,8 +61,7 @@ def bench_cmd():
         return None
     drv = os.path.join(args.build, "bench-main-check")  # not build/bench-main: that one carries the real commit
     cc = ["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-Iinclude", "-Isrc", "-Icli", "-pthread",
-          '-DMT_BUILD_COMMIT="testcommit"', "cli/bench.c", "bench/bench-main.c", lib, "-lm", "-pthread", "-lcjson",
-          "-o", drv]
+          '-DMT_BUILD_COMMIT="testcommit"', "cli/bench.c", "bench/bench-main.c", lib, *link_flags(), "-o", drv]
     r = subprocess.run(cc, capture_output=True, text=True)
     if r.returncode:
         report("build bench-main", False, r.stderr[-500:])
