@@ -15,6 +15,7 @@
 
 #include "bench.h"
 #include "core/threadpool.h"
+#include "exec/registry.h"
 #include "metallic.h"
 
 #ifndef MT_BUILD_COMMIT
@@ -309,9 +310,13 @@ static const char *test_name(const bench_row *r, char *buf, size_t cap) {
     return buf;
 }
 
+// The path the registry resolved for the ops of a forward pass: "legacy", "graph", or "mixed".
 static const char *path_name(const bench_opts *o) {
-    (void)o; // the graph path is not built yet: every request runs the legacy path
-    return "legacy";
+    (void)o;
+    const mt_registry *r = mt_registry_global();
+    int graph = 0;
+    for (int op = 0; op < MT_OP_COUNT; op++) graph += mt_registry_path(r, (mt_op_kind)op) == MT_PATH_GRAPH;
+    return graph == 0 ? "legacy" : graph == MT_OP_COUNT ? "graph" : "mixed";
 }
 
 static void print_md_header(const bench_opts *o) {
@@ -490,8 +495,11 @@ int mt_cmd_bench(int argc, char **argv) {
     bench_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
-    if (!strcmp(o.backend, "graph"))
-        fprintf(stderr, "metallic bench: note: the graph path is not built yet; timing the legacy path\n");
+    mt_registry_opts ro = {.backend = o.backend, .quiet = true};
+    if (mt_registry_configure(&ro) != MT_OK) {
+        fprintf(stderr, "metallic bench: %s\n", mt_last_error());
+        return 2;
+    }
 
     mt_model *m = NULL;
     if (mt_model_load(o.model, &m) != MT_OK) {

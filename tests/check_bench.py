@@ -212,7 +212,9 @@ r = run([model, "other.gguf"])
 report("two models: exit 2", r.returncode == 2, r.stderr)
 r = run([os.path.join(tmp, "absent.gguf"), "-p", "8", "-n", "0"])
 report("absent model: exit 1 naming the path", r.returncode == 1 and "absent.gguf" in r.stderr, r.stderr)
-r = run([model, "-p", "8", "-n", "0", "-r", "1", "--backend", "graph"])
-report("--backend graph: runs (legacy path, with a note)", r.returncode == 0 and "legacy" in r.stdout, r.stderr)
+for path in ("legacy", "graph"):
+    r = run([model, "-p", "8", "-n", "0", "-r", "1", "--backend", path])
+    report(f"--backend {path}: runs and the backend column says so", r.returncode == 0 and f"CPU/{path} " in r.stdout,
+           r.stdout[-300:] + r.stderr[-300:])
 
 finish()
