@@ -55,6 +55,13 @@ $(BUILD)/%.cu.o: %.cu $(wildcard src/backend/cuda/*.cuh src/backend/cuda/*.h) | 
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -Iinclude -Isrc -c $< -o $@
 
+# The bench rows carry the commit they measured (rebuilt each time: one small file).
+COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+$(BUILD)/cli/bench.o: CFLAGS += -DMT_BUILD_COMMIT='"$(COMMIT)"'
+$(BUILD)/cli/bench.o: FORCE
+.PHONY: FORCE
+FORCE:
+
 $(LIB): $(LIB_OBJ) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

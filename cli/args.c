@@ -24,6 +24,8 @@ void cli_print_help(void) {
            "  metallic tokenize MODEL TEXT       print the token ids of TEXT as a JSON array\n"
            "  metallic cache-dump MODEL [PROMPT] [-o table|json]  short generation, then every cache's "
            "statistics\n"
+           "  metallic bench MODEL [-p 512] [-n 128] [-r 5] [-o md|json|csv|jsonl]  llama-bench-style pp/tg "
+           "rows\n"
            "  metallic --help | --version\n"
            "\n"
            "MODEL is a .gguf file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).\n"
@@ -286,7 +288,7 @@ static int apply_env(const bool *given, cli_opts *o) {
     return 0;
 }
 
-static const char *const unbuilt_cmds[] = {"bench", "serve", NULL};
+static const char *const unbuilt_cmds[] = {"serve", NULL};
 
 int cli_parse(int argc, char **argv, cli_opts *o) {
     memset(o, 0, sizeof *o);

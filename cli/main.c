@@ -12,6 +12,7 @@
 
 #include "args.h"
 #include "cmd-ab.h"
+#include "bench.h"
 #include "cmd-cache-dump.h"
 #include "core/metrics.h"
 #include "core/gguf.h"
@@ -679,6 +680,7 @@ static int inspect_hf(const cli_opts *o) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "cache-dump")) return mt_cmd_cache_dump(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "bench")) return mt_cmd_bench(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "ab")) return mt_cmd_ab(argc - 2, argv + 2);
     cli_opts o;
     int rc = cli_parse(argc, argv, &o);
