@@ -111,7 +111,7 @@ for env, needles in ENV_BAD:
            f"rc={rc} stderr={msg!r}")
 
 for argv, needle in [([], "no model"), (["run", M], "missing"), (["tokenize", M], "missing"),
-                     (["run", M, "a", "b"], "'b'"), (["bench", M], "bench")]:
+                     (["run", M, "a", "b"], "'b'"), (["serve", M], "serve")]:
     rc, out, err = run(argv)
     report(f"usage {' '.join(argv) or '(none)'}", rc == 2 and needle in err, f"rc={rc} stderr={err!r}")
 
