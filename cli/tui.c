@@ -446,8 +446,8 @@ static void view_memory(ui *u, int y, int x, int h, int w) {
 }
 
 static void view_stats(ui *u, int y, int x, int h, int w) {
-    view_print(y, x, h, w, u->scroll, "%-14s %8s %10s %10s %8s %9s", "cache", "size", "hits", "misses",
-               "hit rate", "evictions");
+    view_print(y, x, h, w, u->scroll, "%-12s %6s %9s %9s %6s %6s", "cache", "size", "hits", "misses", "hit%",
+               "evict");
     void *caches[16];
     const mt_cache_ops *ops[16];
     int n = mt_cache_list(caches, ops, 16);
@@ -457,7 +457,7 @@ static void view_stats(ui *u, int y, int x, int h, int w) {
         mt_cache_metrics cm;
         memset(&cm, 0, sizeof cm);
         ops[i]->metrics(caches[i], &cm);
-        view_print(y, x, h, w, u->scroll, "%-14.14s %8d %10llu %10llu %7.1f%% %9llu", cm.name, cm.size,
+        view_print(y, x, h, w, u->scroll, "%-12.12s %6d %9llu %9llu %5.1f%% %6llu", cm.name, cm.size,
                    (unsigned long long)cm.hits, (unsigned long long)cm.misses, 100.0 * cm.hit_rate,
                    (unsigned long long)cm.evictions);
         shown++;
@@ -472,7 +472,7 @@ static void view_stats(ui *u, int y, int x, int h, int w) {
             listed |= !strcmp(cm.name, c->name);
         }
         if (listed) continue;
-        view_print(y, x, h, w, u->scroll, "%-14.14s %8lld %10lld %10lld %7.1f%% %9lld", c->name, c->size,
+        view_print(y, x, h, w, u->scroll, "%-12.12s %6lld %9lld %9lld %5.1f%% %6lld", c->name, c->size,
                    c->hits, c->misses, 100.0 * c->hit_rate, c->evictions);
         shown++;
     }
@@ -480,8 +480,15 @@ static void view_stats(ui *u, int y, int x, int h, int w) {
     view_print(y, x, h, w, u->scroll, " ");
     view_print(y, x, h, w, u->scroll, "metric events seen  %llu (%llu dropped by the ring)",
                (unsigned long long)u->events_seen, (unsigned long long)u->dropped);
-    view_print(y, x, h, w, u->scroll, "backend choices     %s",
-               u->backends[0] ? u->backends : "(none reported)");
+    view_print(y, x, h, w, u->scroll, "backend choices (KernelBackendSelected):");
+    if (!u->backends[0]) view_print(y, x, h, w, u->scroll, "  (none reported)");
+    // one op=backend pair per line, so a narrow pane shows them all
+    for (const char *p = u->backends; *p;) {
+        size_t n = strcspn(p, " ");
+        view_print(y, x, h, w, u->scroll, "  %.*s", (int)n, p);
+        p += n;
+        while (*p == ' ') p++;
+    }
 }
 
 static void view_logs(ui *u, int y, int x, int h, int w) {
