@@ -26,13 +26,14 @@ bool mt_cpu_matmul_fast_supports(mt_dtype t) {
 }
 
 // Layouts of the quantized activation blocks (matmul-kernels.inc): a float scale and 32 int8, or a
-// float scale, 16 int16 sums and 256 int8.
+// float scale, 16 int16 sums and 256 int8; Q4_0/Q5_0 add what prefill on unpacked rows needs.
 size_t mt_mm_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
     switch (t) {
     case MT_Q8_0:
-    case MT_Q4_0:
-    case MT_Q5_0:
         return (size_t)(k / 32) * 36 * (size_t)n;
+    case MT_Q4_0:
+    case MT_Q5_0: // + per-block activation sums and two unpacked weight rows (prefill)
+        return (size_t)(k / 32) * (36 + 4) * (size_t)n + 2 * ((size_t)k + (size_t)(k / 32) * 4);
     case MT_Q4_K:
     case MT_Q5_K:
     case MT_Q6_K:
