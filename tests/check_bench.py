@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from checklib import Tally  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
@@ -24,23 +25,16 @@ args = ap.parse_args()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.chdir(ROOT)
 
-passed = failed = skipped = 0
+_t = Tally()
+report = _t.report
+skip = _t.skip
 
 
-def report(name, ok, why=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
 
 
 def finish():
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    sys.exit(1 if failed else 0)
+    _t.summary()
+    sys.exit(1 if _t.failed else 0)
 
 
 def link_flags():

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from checklib import Tally  # noqa: E402
 
 MODEL = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 ap = argparse.ArgumentParser()
@@ -19,24 +20,13 @@ ap.add_argument("--model", default=MODEL)
 args = ap.parse_args()
 BIN = os.path.join(args.build, "metallic")
 
-passed = failed = skipped = 0
+_t = Tally()
+report = _t.report
+skip = _t.skip
 
 
-def report(name, ok, why=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
 
 
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"skip {name}: {why}")
 
 
 def run(argv, env=None, timeout=600, stdin=None):
@@ -51,7 +41,7 @@ def run(argv, env=None, timeout=600, stdin=None):
 
 if not os.access(BIN, os.X_OK):
     report("binary exists", False, f"{BIN} not built")
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    _t.summary()
     sys.exit(1)
 
 have_model = os.path.isfile(args.model)
@@ -324,5 +314,5 @@ if have_model:
 else:
     skip("real model generation checks", f"{args.model} absent")
 
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
-sys.exit(1 if failed else 0)
+_t.summary()
+sys.exit(1 if _t.failed else 0)

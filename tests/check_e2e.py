@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from ref_qwen2 import Qwen2Ref  # noqa: E402
+from checklib import Tally  # noqa: E402
 
 # name, generator flags, tolerance (relative to max |logit|)
 TINY = [
@@ -36,24 +37,16 @@ PROMPT_LENS = [1, 2, 7, 64, 300]
 DECODE_STEPS = 8
 REAL_MODEL = os.path.join(ROOT, "models", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 
-passed = failed = skipped = 0
+_t = Tally()
+def report(ok, name, detail=""):
+    _t.report(name, ok, detail)
 
 
-def report(ok, name, detail):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name} ({detail})")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
-    sys.stdout.flush()
+skip = _t.skip
 
 
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"skip {name}: {why}")
+
+
 
 
 def run_engine(binary, model, ids, steps, tmp, isa=None):
@@ -136,7 +129,7 @@ def main():
 
     if not os.access(binary, os.X_OK):
         report(False, "engine", f"{binary} is not built")
-        print(f"{passed} passed, {failed} failed, {skipped} skipped")
+        _t.summary()
         return 1
 
     # the C API tests on a fixture they know the shape of
@@ -210,8 +203,8 @@ def main():
             except Exception as e:  # noqa: BLE001
                 report(False, case, str(e))
 
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    _t.summary()
+    return 1 if _t.failed else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import sys
 import tempfile
 
 import numpy as np
+from checklib import Tally  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,24 +40,16 @@ PY = sys.executable
 REAL_MODEL = os.path.join(ROOT, "models", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 DECODE_STEPS = 8
 
-passed = failed = skipped = 0
+_t = Tally()
+def report(ok, name, detail=""):
+    _t.report(name, ok, detail)
 
 
-def report(ok, name, detail):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name} ({detail})")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
-    sys.stdout.flush()
+skip = _t.skip
 
 
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"skip {name}: {why}")
+
+
 
 
 def run(cmd):
@@ -226,9 +219,8 @@ def main():
     metallic = os.path.join(a.build, "metallic")
     for b in (tm, tool):
         if not os.access(b, os.X_OK):
-            print(f"FAIL {b} is not built")
-            print(f"{passed} passed, 1 failed, {skipped} skipped")
-            return 1
+            report(False, "build", f"{b} is not built")
+            return _t.summary()
 
     rng = np.random.default_rng(7)
     tmp = tempfile.mkdtemp(prefix="mt-hf-")
@@ -348,8 +340,8 @@ def main():
         report(False, "setup", str(e))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    _t.summary()
+    return 1 if _t.failed else 0
 
 
 if __name__ == "__main__":

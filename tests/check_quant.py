@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import quants
+from checklib import Tally  # noqa: E402
 
 MODEL = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
@@ -42,16 +43,14 @@ BYTE_IDENTICAL = {"f32", "f16", "bf16", "q8_0"}
 # Relative RMS round-trip bounds (same as tests/test-quant.c).
 ROUNDTRIP_TOL = {"q4_k": 0.10, "q5_k": 0.05, "q6_k": 0.03}
 
-passed = failed = skipped = 0
-
-
+_t = Tally()
 def report(ok, name, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-    print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}", flush=True)
+    _t.report(name, ok, detail)
+
+
+skip = _t.skip
+
+
 
 
 def run_tool(binary, mode, tname, data, tmp):
@@ -137,9 +136,7 @@ def check_quant(binary, tname, gtype, be, bb, rng, tmp):
 
 def check_model(binary, tmp):
     if not os.path.exists(MODEL):
-        global skipped
-        skipped += 1
-        print(f"skip model tensors: {MODEL} not present")
+        skip("model tensors", f"{MODEL} not present")
         return
     from gguf import GGUFReader
 
@@ -176,8 +173,8 @@ def main():
         for tname, gtype, be, bb, _ in TYPES:
             check_quant(binary, tname, gtype, be, bb, rng, tmp)
         check_model(binary, tmp)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    _t.summary()
+    return 1 if _t.failed else 0
 
 
 if __name__ == "__main__":

@@ -12,30 +12,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from checklib import Tally  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
 ap.add_argument("--model", default="models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 args = ap.parse_args()
 BIN = os.path.join(args.build, "metallic")
-passed = failed = skipped = 0
+_t = Tally()
+report = _t.report
+skip = _t.skip
 
 
-def report(name, ok, why=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
 
 
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"skip {name}: {why}")
 
 
 def run(argv, env=None, timeout=600):
@@ -58,7 +48,7 @@ g = subprocess.run([sys.executable, "tools/gen_tiny_model.py", tiny, "--dtype", 
                    capture_output=True, text=True)
 if g.returncode != 0:
     report("tiny model written", False, g.stderr)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    _t.summary()
     sys.exit(1)
 N_LAYERS = 3
 # the legacy path runs node by node, so every op has its own time; the graph path is checked below
@@ -212,5 +202,5 @@ else:
               f" per-step cost of the events directly)")
     report("overhead benchmark ran (median of 3 interleaved runs per mode)", ok, "a run failed")
 
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
-sys.exit(1 if failed else 0)
+_t.summary()
+sys.exit(1 if _t.failed else 0)

@@ -11,35 +11,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from checklib import Tally  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
 ap.add_argument("--model", default="models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 args = ap.parse_args()
 BIN = os.path.abspath(os.path.join(args.build, "metallic"))
-passed = failed = skipped = 0
+_t = Tally()
+report = _t.report
+skip = _t.skip
 
 
-def report(name, ok, why=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
 
 
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"skip {name}: {why}")
 
 
 def done():
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
-    sys.exit(1 if failed else 0)
+    _t.summary()
+    sys.exit(1 if _t.failed else 0)
 
 
 tmp = tempfile.mkdtemp(prefix="check-tui-")
