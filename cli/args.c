@@ -2,6 +2,7 @@
 // `--flag=value`; `--` ends the flags. Environment variables fill what no flag gave. Every value is
 // checked completely (no trailing garbage, in range) and a bad one is a one-line error naming it.
 #include "args.h"
+#include "backend/device.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -46,7 +47,7 @@ void cli_print_help(void) {
            "runtime:\n"
            "  --ctx N               context length, 0 = the model's (default 0)\n"
            "  --threads N           CPU threads, >= 1 (default: one per core)\n"
-           "  --device cpu|cuda     compute device (this build: cpu)\n"
+           "  --device cpu|cuda     compute device (default: cuda when built with it and a GPU is present)\n"
            "  --backend legacy|graph|auto       execution path for every op (default auto)\n"
            "  --sdpa-backend legacy|graph|auto  execution path for attention\n"
            "  --op-backend OP=PATH  execution path for one op (repeatable; OP e.g. sdpa, matmul, rmsnorm)\n"
@@ -127,11 +128,18 @@ static const char *const backends[] = {"legacy", "graph", "auto", NULL};
 static const char *const devices[] = {"cpu", "cuda", NULL};
 static const char *const formats[] = {"text", "json", "tui", NULL};
 
-static int set_device(const char *what, const char *v) {
+static int set_device(const char *what, const char *v, cli_opts *o) {
     const char *d;
     int rc = parse_choice(what, v, devices, &d);
     if (rc) return rc;
-    if (!strcmp(d, "cuda")) return bad(what, v, "this build has no CUDA support (only cpu)");
+    if (!strcmp(d, "cuda") && !mt_device_available(MT_DEVICE_CUDA)) {
+#ifdef MT_CUDA
+        return bad(what, v, "no usable CUDA GPU on this machine");
+#else
+        return bad(what, v, "this build has no CUDA support (only cpu)");
+#endif
+    }
+    o->device = d;
     return 0;
 }
 
@@ -234,7 +242,7 @@ static int apply_flag(int f, const char *name, const char *v, cli_opts *o) {
     case F_FORMAT:
         return set_format(name, v, o);
     case F_DEVICE:
-        return set_device(name, v);
+        return set_device(name, v, o);
     case F_BACKEND:
         return parse_choice(name, v, backends, &o->backend);
     case F_SDPA_BACKEND:

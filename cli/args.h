@@ -37,6 +37,7 @@ typedef struct cli_opts {
     bool raw;
     int logprobs;
     cli_format format;
+    const char *device;       // "cpu", "cuda", or NULL: cuda when this build has it and a GPU is present
     const char *backend;      // "legacy", "graph", "auto"
     const char *sdpa_backend; // same values, for attention only
     // The backend values given as flags only (NULL when not given), for the registry, which reads the

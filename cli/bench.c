@@ -39,6 +39,7 @@ typedef struct {
     int reps;
     out_fmt fmt;
     const char *backend;
+    const char *device; // "cpu" or "cuda"
     int verbose;
 } bench_opts;
 
@@ -59,6 +60,10 @@ typedef struct {
     double bytes_per_token; // tg only: weights + KV read per step, averaged over the steps
 } bench_row;
 
+static bool is_cuda(const bench_opts *o) {
+    return !strcmp(o->device, "cuda");
+}
+
 static void usage(FILE *f) {
     fprintf(f, "usage: metallic bench MODEL [options]\n"
                "  -p, --n-prompt N[,N..]   prompt sizes, one pp<N> row each (default 512; 0 = none)\n"
@@ -67,7 +72,7 @@ static void usage(FILE *f) {
                "  -t, --threads N[,N..]    threads (default: one per core)\n"
                "  -o, --output md|json|csv|jsonl   output format (default md)\n"
                "  --backend legacy|graph|auto      execution path (default auto)\n"
-               "  --device cpu             device (this build: cpu)\n"
+               "  --device cpu|cuda        device (default: cuda when built with it and a GPU is present)\n"
                "  -v, --verbose            progress on stderr; md adds achieved GB/s for tg rows\n"
                "  -h, --help               this help\n");
 }
@@ -107,6 +112,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     o->reps = 5;
     o->fmt = OUT_MD;
     o->backend = "auto";
+    o->device = mt_device_available(MT_DEVICE_CUDA) ? "cuda" : "cpu";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -161,7 +167,12 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 rc = usage_error(a, v, "expected legacy, graph or auto");
             o->backend = v;
         } else { // --device
-            if (strcmp(v, "cpu")) rc = usage_error(a, v, "this build has only the cpu device");
+            mt_device_kind d;
+            if (mt_device_parse(v, &d) != MT_OK)
+                rc = usage_error(a, v, "expected cpu or cuda");
+            else if (!mt_device_available(d))
+                rc = usage_error(a, v, "no usable CUDA GPU in this build or on this machine");
+            o->device = mt_device_kind_name(d);
         }
         if (rc) return rc;
     }
@@ -346,10 +357,10 @@ static cJSON *row_json(const bench_opts *o, const model_info *mi, const bench_ro
     cJSON_AddStringToObject(j, "build_commit", MT_BUILD_COMMIT);
     cJSON_AddNumberToObject(j, "build_number", 0);
     cJSON_AddStringToObject(j, "cpu_info", mi->cpu);
-    cJSON_AddStringToObject(j, "gpu_info", "");
-    cJSON_AddStringToObject(j, "backends", "CPU");
+    cJSON_AddStringToObject(j, "gpu_info", is_cuda(o) ? mt_device_description(MT_DEVICE_CUDA) : "");
+    cJSON_AddStringToObject(j, "backends", is_cuda(o) ? "CUDA" : "CPU");
     cJSON_AddStringToObject(j, "backend_path", path_name(o));
-    cJSON_AddStringToObject(j, "device", "cpu");
+    cJSON_AddStringToObject(j, "device", o->device);
     cJSON_AddStringToObject(j, "model_filename", o->model);
     cJSON_AddStringToObject(j, "model_type", mi->type);
     cJSON_AddNumberToObject(j, "model_size", (double)mi->size);
@@ -395,9 +406,13 @@ static void print_csv_row(const bench_opts *o, const model_info *mi, const bench
     csv_str(MT_BUILD_COMMIT);
     printf(",0,");
     csv_str(mi->cpu);
-    printf(",\"\",\"CPU\",");
+    putchar(',');
+    csv_str(is_cuda(o) ? mt_device_description(MT_DEVICE_CUDA) : "");
+    printf(",\"%s\",", is_cuda(o) ? "CUDA" : "CPU");
     csv_str(path_name(o));
-    printf(",\"cpu\",");
+    putchar(',');
+    csv_str(o->device);
+    putchar(',');
     csv_str(o->model);
     putchar(',');
     csv_str(mi->type);
@@ -447,6 +462,8 @@ static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi,
     so.n_seq = 1;
     so.n_threads = threads;
     so.n_batch = n_batch;
+    so.device = is_cuda(o) ? MT_DEVICE_CUDA : MT_DEVICE_CPU;
+    so.cuda_graphs = strcmp(o->backend, "legacy") != 0; // the graph path replays fused launches
     if (mt_session_create(m, &so, &R->s) != MT_OK) return runtime_error("session");
     int rc = 0;
     for (int pass = 0; pass < 2 && !rc; pass++) {

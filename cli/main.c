@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "backend/device.h"
 #include "cmd-ab.h"
 #include "bench.h"
 #include "cmd-cache-dump.h"
@@ -152,6 +153,13 @@ static int engine_open(const cli_opts *o, engine *e) {
     so.n_ctx = o->ctx;
     so.n_seq = 1;
     so.n_threads = o->threads;
+    so.device = MT_DEVICE_CPU;
+    if (o->device) {
+        if (mt_device_parse(o->device, &so.device) != MT_OK) return fail(mt_last_error());
+    } else if (mt_device_available(MT_DEVICE_CUDA)) {
+        so.device = MT_DEVICE_CUDA;
+    }
+    so.cuda_graphs = strcmp(o->backend, "legacy") != 0; // the graph path replays fused launches
     if (mt_session_create(e->model, &so, &e->session) != MT_OK ||
         mt_sampler_create(&sp, mt_model_config(e->model)->n_vocab, &e->sampler) != MT_OK) {
         rc = fail(mt_last_error());

@@ -133,8 +133,9 @@ static size_t align256(size_t n) {
 #define FOR_EACH_WEIGHT(w, L, X)                                                                             \
     X(tok_embd) X(out_norm) for (int l_ = 0; l_ < n_layer; l_++) {                                           \
         X(layers[l_].attn_norm)                                                                              \
-        X(layers[l_].wq) X(layers[l_].wk) X(layers[l_].wv) X(layers[l_].bq) X(layers[l_].bk)                 \
-            X(layers[l_].bv) X(layers[l_].wo) X(layers[l_].ffn_norm) X(layers[l_].w_gate) X(layers[l_].w_up) \
+        X(layers[l_].wq)                                                                                     \
+        X(layers[l_].wk) X(layers[l_].wv) X(layers[l_].bq) X(layers[l_].bk) X(layers[l_].bv)                 \
+            X(layers[l_].wo) X(layers[l_].ffn_norm) X(layers[l_].w_gate) X(layers[l_].w_up)                  \
                 X(layers[l_].w_down)                                                                         \
     }
 
@@ -197,6 +198,14 @@ mt_status mt_device_run(mt_device_kind d, const mt_node *nodes, int n_nodes) {
     if (d != MT_DEVICE_CUDA)
         return mt_fail(MT_ERR_INVALID, "device run: the cpu runs nodes through the pool");
     return mt_eager_run_cuda(nodes, n_nodes);
+}
+
+mt_status mt_device_run_fused(mt_device_kind d, const mt_node *nodes, int n_nodes) {
+#ifdef MT_CUDA
+    if (d == MT_DEVICE_CUDA) return mt_cuda_run_fused(nodes, n_nodes);
+#endif
+    (void)d, (void)nodes, (void)n_nodes;
+    return no_cuda("fused run");
 }
 
 mt_status mt_device_gather_rows(mt_device_kind d, float *dst, const float *src, const int32_t *rows, int n,

@@ -41,6 +41,8 @@ void mt_device_weights_free(mt_device_kind d, mt_qwen2_weights *w, void *blob);
 
 // CUDA: launches the nodes in order on the backend stream (tensors and p.pos/p.seq in device memory).
 mt_status mt_device_run(mt_device_kind d, const mt_node *nodes, int n_nodes);
+// CUDA: like mt_device_run, with one-token layers fused into a few launches (the CUDA graph path).
+mt_status mt_device_run_fused(mt_device_kind d, const mt_node *nodes, int n_nodes);
 // CUDA: dst row j = src row rows[j] (rows in device memory), rows of d floats.
 mt_status mt_device_gather_rows(mt_device_kind d, float *dst, const float *src, const int32_t *rows, int n,
                                 int width);

@@ -601,11 +601,13 @@ static mt_status device_setup(mt_session *s) {
 }
 
 // The launches of one step: body, gather of the rows that want logits, head.
+// The graph path runs the fused launch sequence; legacy keeps one kernel per op.
 static mt_status device_launch(mt_session *s, int n_body, int n_head, int n_out) {
-    MT_TRY(mt_device_run(s->dev, s->nodes, n_body));
+    mt_status (*run)(mt_device_kind, const mt_node *, int) = s->graphs ? mt_device_run_fused : mt_device_run;
+    MT_TRY(run(s->dev, s->nodes, n_body));
     if (!n_head) return MT_OK;
     MT_TRY(mt_device_gather_rows(s->dev, s->xo, s->x, s->r_rows, n_out, s->c->n_embd));
-    return mt_device_run(s->dev, s->nodes + n_body, n_head);
+    return run(s->dev, s->nodes + n_body, n_head);
 }
 
 static mt_status decode_device(mt_session *s, const mt_batch *b, int n, int n_out) {

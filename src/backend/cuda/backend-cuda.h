@@ -36,6 +36,9 @@ mt_status mt_cuda_sync(void);
 // Launches one node on the backend's stream (all tensors device-resident). Returns MT_ERR_UNSUPPORTED
 // for an op or dtype without a CUDA kernel; launch errors are reported by mt_cuda_sync.
 mt_status mt_cuda_run_node(const mt_node *n);
+// Like running the nodes one by one, but a one-token batch runs each transformer layer (the model's 17-node
+// pattern) as 6 fused launches and a final rmsnorm + matmul as one; anything else runs per op.
+mt_status mt_cuda_run_fused(const mt_node *nodes, int n_nodes);
 // Gathers rows[j] of src ([d, *] F32) into row j of dst for j < n_rows; rows is a device array.
 mt_status mt_cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_rows, int d);
 // Index of the largest value of each of n rows of x ([d, n] F32, device) into out[n] (device).
