@@ -788,10 +788,11 @@ struct fused_mv {
 // Dot of one (R = 1) or two (R = 2) stored rows with x, reduced over the warp.
 template <int DT, int R>
 __device__ __forceinline__ void fm_dot(const uint8_t *w0, const uint8_t *w1, const float *x, int64_t nc,
-                                       int lane, float *out) {
+                                       int lane, int stride, float *out) {
     constexpr int E = chunk<DT>::E;
     float a0 = 0.0f, a1 = 0.0f;
-    for (int64_t c = lane; c < nc; c += 32) {
+#pragma unroll 2
+    for (int64_t c = lane; c < nc; c += stride) {
         float w[E];
         const float4 *xp = (const float4 *)(x + c * E);
         deq<DT>(w0, c, w);
@@ -813,8 +814,11 @@ __device__ __forceinline__ void fm_dot(const uint8_t *w0, const uint8_t *w1, con
     if constexpr (R == 2) out[1] = warp_sum(a1);
 }
 
-template <int DT, int MODE> __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
+// KS warps share one job (a row, or a row pair) and split its length: the narrow matrices (q/k/v, o_proj,
+// down at 0.5B: under a thousand rows) otherwise leave too few loads in flight to fill the memory system.
+template <int DT, int MODE, int KS> __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
     extern __shared__ __align__(16) float xs[];
+    __shared__ float red[FM_WARPS][2];
     constexpr int E = chunk<DT>::E;
     const float *x = p.x;
     if constexpr (MODE != FM_RES) { // same arithmetic as k_rmsnorm, so both paths see the same inputs
@@ -826,31 +830,40 @@ template <int DT, int MODE> __global__ void __launch_bounds__(32 * FM_WARPS) k_f
         __syncthreads();
         x = xs;
     }
-    int lane = threadIdx.x & 31;
-    int64_t job = (int64_t)blockIdx.x * FM_WARPS + (threadIdx.x >> 5), nc = p.k / E;
-    if constexpr (MODE == FM_RES || MODE == FM_HEAD) {
-        if (job >= p.m[0]) return;
-        float s;
-        fm_dot<DT, 1>(p.W[0] + job * p.nb[0], NULL, x, nc, lane, &s);
-        if (lane == 0) {
-            float v = s + (p.b[0] ? p.b[0][job] : 0.0f);
-            p.y[job] = MODE == FM_RES ? p.res[job] + v : v;
-        }
-    } else if constexpr (MODE == FM_GLU) {
-        if (job >= p.m[0]) return;
-        float s[2];
-        fm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], x, nc, lane, s);
-        if (lane == 0) p.y[job] = s[0] / (1.0f + expf(-s[0])) * s[1];
-    } else { // FM_QKV: a warp computes rows j and j + hd/2 of one head, the two halves rope pairs
-        int half = p.hd / 2;
-        int64_t jq = p.m[0] / 2, jk = p.m[1] / 2;
-        if (job >= jq + jk + p.m[2] / 2) return;
-        int sec = job < jq ? 0 : job < jq + jk ? 1 : 2;
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, sub = wid % KS;
+    int64_t job = (int64_t)blockIdx.x * (FM_WARPS / KS) + wid / KS, nc = p.k / E;
+    int half = p.hd / 2, sec = 0;
+    int64_t jq = p.m[0] / 2, jk = p.m[1] / 2, jobs = p.m[0], r0 = job, r1 = job, h = 0, j = 0;
+    if constexpr (MODE == FM_QKV) { // a job is rows j and j + hd/2 of one head: the two halves rope pairs
+        jobs = jq + jk + p.m[2] / 2;
+        sec = job < jq ? 0 : job < jq + jk ? 1 : 2;
         int64_t jj = sec == 0 ? job : sec == 1 ? job - jq : job - jq - jk;
-        int64_t h = jj / half, j = jj % half, r0 = h * p.hd + j, r1 = r0 + half;
-        float s[2];
-        fm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], x, nc, lane, s);
-        if (lane != 0) return;
+        h = jj / half, j = jj % half, r0 = h * p.hd + j, r1 = r0 + half;
+    }
+    bool live = job < jobs;
+    float s[2] = {0.0f, 0.0f};
+    if (live) {
+        if constexpr (MODE == FM_GLU)
+            fm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], x, nc, lane + 32 * sub, 32 * KS, s);
+        else if constexpr (MODE == FM_QKV)
+            fm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], x, nc, lane + 32 * sub,
+                          32 * KS, s);
+        else
+            fm_dot<DT, 1>(p.W[0] + job * p.nb[0], NULL, x, nc, lane + 32 * sub, 32 * KS, s);
+    }
+    if constexpr (KS > 1) {
+        if (lane == 0) red[wid][0] = s[0], red[wid][1] = s[1];
+        __syncthreads();
+        if (sub == 0)
+            for (int i = 1; i < KS; i++) s[0] += red[wid + i][0], s[1] += red[wid + i][1];
+    }
+    if (!live || sub != 0 || lane != 0) return;
+    if constexpr (MODE == FM_RES || MODE == FM_HEAD) {
+        float v = s[0] + (p.b[0] ? p.b[0][job] : 0.0f);
+        p.y[job] = MODE == FM_RES ? p.res[job] + v : v;
+    } else if constexpr (MODE == FM_GLU) {
+        p.y[job] = s[0] / (1.0f + expf(-s[0])) * s[1];
+    } else {
         const float *b = p.b[sec];
         float x0 = s[0] + (b ? b[r0] : 0.0f), x1 = s[1] + (b ? b[r1] : 0.0f), y0 = x0, y1 = x1;
         int ps = p.pos[0];
@@ -899,12 +912,17 @@ static bool fm_vec_ok(const void *p) {
 }
 
 template <int MODE> static mt_status fm_launch(mt_dtype dt, const fused_mv &p, int64_t jobs) {
-    unsigned g = (unsigned)cdiv(jobs, FM_WARPS);
+    // fewer jobs than ~16 warps per SM: split each job over all warps of a block
+    bool split = jobs < 8192;
+    unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
     size_t sm = MODE == FM_RES ? 0 : (size_t)p.k * sizeof(float);
     switch (dt) {
 #define X(DT)                                                                                                \
     case DT:                                                                                                 \
-        k_fused_mv<DT, MODE><<<g, 32 * FM_WARPS, sm, stream()>>>(p);                                         \
+        if (split)                                                                                           \
+            k_fused_mv<DT, MODE, FM_WARPS><<<g, 32 * FM_WARPS, sm, stream()>>>(p);                           \
+        else                                                                                                 \
+            k_fused_mv<DT, MODE, 1><<<g, 32 * FM_WARPS, sm, stream()>>>(p);                                  \
         break;
         MT_FUSED_DTYPES(X)
 #undef X
