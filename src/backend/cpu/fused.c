@@ -11,6 +11,7 @@
 
 #include "../../core/threadpool.h"
 #include "matmul-fast.h"
+#include "ops-fast.h"
 #include "ops.h"
 
 static inline float dot(const float *a, const float *b, int64_t n) {
@@ -210,9 +211,14 @@ void mt_cpu_matmul_rows(const mt_node *mm, long r0, long r1, void *scratch) {
 }
 
 void mt_cpu_swiglu_rows(const mt_tensor *gate, const mt_tensor *up, mt_tensor *dst, long r0, long r1) {
+    const bool fast = mt_cpu_fast_rows_ok();
     for (int64_t t = 0; t < gate->ne[1]; t++) {
         const float *g = mt_tensor_row(gate, t, 0, 0), *u = mt_tensor_row(up, t, 0, 0);
         float *y = mt_tensor_row(dst, t, 0, 0);
+        if (fast) {
+            mt_cpu_fast_swiglu_span(g + r0, u + r0, y + r0, r1 - r0);
+            continue;
+        }
         for (long i = r0; i < r1; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
@@ -220,8 +226,13 @@ void mt_cpu_swiglu_rows(const mt_tensor *gate, const mt_tensor *up, mt_tensor *d
 void mt_cpu_add_rmsnorm_rows(mt_tensor *x, const mt_tensor *add, const float *w, float eps, mt_tensor *y,
                              long t0, long t1) {
     const int64_t d = x->ne[0];
+    const bool fast = mt_cpu_fast_rows_ok();
     for (long t = t0; t < t1; t++) {
         float *xr = mt_tensor_row(x, t, 0, 0), *yr = mt_tensor_row(y, t, 0, 0);
+        if (fast) {
+            mt_cpu_fast_add_rmsnorm_row(xr, add ? mt_tensor_row(add, t, 0, 0) : NULL, w, eps, yr, d);
+            continue;
+        }
         if (add) {
             const float *ar = mt_tensor_row(add, t, 0, 0);
             for (int64_t i = 0; i < d; i++) xr[i] += ar[i];

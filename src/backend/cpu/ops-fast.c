@@ -104,32 +104,40 @@ AI void store_part(float *p, __m256 v, int64_t n) {
     memcpy(p, t, (size_t)n * sizeof(float));
 }
 
+void mt_cpu_fast_add_rmsnorm_row(float *xr, const float *add, const float *w, float eps, float *y,
+                                 int64_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    if (add) {
+        for (; i + 8 <= d; i += 8)
+            _mm256_storeu_ps(xr + i, _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(add + i)));
+        for (; i < d; i++) xr[i] += add[i];
+        i = 0;
+    }
+    for (; i + 16 <= d; i += 16) {
+        const __m256 v0 = _mm256_loadu_ps(xr + i), v1 = _mm256_loadu_ps(xr + i + 8);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+        a1 = _mm256_fmadd_ps(v1, v1, a1);
+    }
+    for (; i + 8 <= d; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(xr + i), a0);
+    double ss = hsum8(_mm256_add_ps(a0, a1));
+    for (; i < d; i++) ss += (double)xr[i] * xr[i];
+    const float inv = d > 0 ? (float)(1.0 / sqrt(ss / (double)d + (double)eps)) : 0.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), iv), _mm256_loadu_ps(w + i)));
+    for (; i < d; i++) y[i] = xr[i] * inv * w[i];
+}
+
 void mt_cpu_fast_rmsnorm(const mt_node *n, int ith, int nth) {
     const mt_tensor *x = n->src[0], *dst = n->dst;
     const float *w = n->src[1]->data;
-    const int64_t d = x->ne[0];
     long b, e;
     mt_split(n_rows(x), ith, nth, &b, &e);
-    for (long r = b; r < e; r++) {
-        const float *xr = row_ptr(x, r);
-        float *y = row_ptr(dst, r);
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= d; i += 16) {
-            const __m256 v0 = _mm256_loadu_ps(xr + i), v1 = _mm256_loadu_ps(xr + i + 8);
-            a0 = _mm256_fmadd_ps(v0, v0, a0);
-            a1 = _mm256_fmadd_ps(v1, v1, a1);
-        }
-        for (; i + 8 <= d; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(xr + i), a0);
-        double ss = hsum8(_mm256_add_ps(a0, a1));
-        for (; i < d; i++) ss += (double)xr[i] * xr[i];
-        const float inv = d > 0 ? (float)(1.0 / sqrt(ss / (double)d + (double)n->p.eps)) : 0.0f;
-        const __m256 iv = _mm256_set1_ps(inv);
-        for (i = 0; i + 8 <= d; i += 8)
-            _mm256_storeu_ps(
-                y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), iv), _mm256_loadu_ps(w + i)));
-        for (; i < d; i++) y[i] = xr[i] * inv * w[i];
-    }
+    // Without an addend the row kernel only reads x.
+    for (long r = b; r < e; r++)
+        mt_cpu_fast_add_rmsnorm_row(row_ptr(x, r), NULL, w, n->p.eps, row_ptr(dst, r), x->ne[0]);
 }
 
 // Angles per chunk of rotation pairs, computed once per token for all heads (as the reference does).
@@ -287,23 +295,23 @@ void mt_cpu_fast_attention(const mt_node *n, int ith, int nth) {
     }
 }
 
+void mt_cpu_fast_swiglu_span(const float *gr, const float *ur, float *y, int64_t f) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= f; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(gr + i);
+        const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(ur + i)));
+    }
+    for (; i < f; i++) y[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
+}
+
 void mt_cpu_fast_swiglu(const mt_node *n, int ith, int nth) {
     const mt_tensor *g = n->src[0], *u = n->src[1], *dst = n->dst;
-    const int64_t f = g->ne[0];
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     long b, e;
     mt_split(n_rows(g), ith, nth, &b, &e);
-    for (long r = b; r < e; r++) {
-        const float *gr = row_ptr(g, r), *ur = row_ptr(u, r);
-        float *y = row_ptr(dst, r);
-        int64_t i = 0;
-        for (; i + 8 <= f; i += 8) {
-            const __m256 gv = _mm256_loadu_ps(gr + i);
-            const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
-            _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(ur + i)));
-        }
-        for (; i < f; i++) y[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
-    }
+    for (long r = b; r < e; r++)
+        mt_cpu_fast_swiglu_span(row_ptr(g, r), row_ptr(u, r), row_ptr(dst, r), g->ne[0]);
 }
 
 void mt_cpu_fast_add(const mt_node *n, int ith, int nth) {
@@ -359,7 +367,26 @@ void mt_cpu_fast_softmax(const mt_node *n, int ith, int nth) {
 #pragma GCC pop_options
 #endif
 
+bool mt_cpu_fast_rows_ok(void) {
+    return mt_cpu_isa() >= MT_ISA_AVX2;
+}
+
 #else // not x86-64: the references (mt_cpu_ops_fast_supports is false, so these are not selected)
+bool mt_cpu_fast_rows_ok(void) {
+    return false;
+}
+void mt_cpu_fast_swiglu_span(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+void mt_cpu_fast_add_rmsnorm_row(float *x, const float *add, const float *w, float eps, float *y, int64_t d) {
+    double ss = 0;
+    for (int64_t i = 0; i < d; i++) {
+        if (add) x[i] += add[i];
+        ss += (double)x[i] * x[i];
+    }
+    const float inv = d > 0 ? (float)(1.0 / sqrt(ss / (double)d + (double)eps)) : 0.0f;
+    for (int64_t i = 0; i < d; i++) y[i] = x[i] * inv * w[i];
+}
 void mt_cpu_fast_rmsnorm(const mt_node *n, int ith, int nth) {
     mt_cpu_op_rmsnorm(n, ith, nth);
 }

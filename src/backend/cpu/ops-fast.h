@@ -21,4 +21,12 @@ void mt_cpu_fast_swiglu(const mt_node *n, int ith, int nth);
 void mt_cpu_fast_add(const mt_node *n, int ith, int nth);
 void mt_cpu_fast_softmax(const mt_node *n, int ith, int nth);
 
+// Row-level kernels for the graph path's fused nodes (fused.c). Only while mt_cpu_fast_rows_ok() (x86-64
+// at the AVX2 level or above).
+bool mt_cpu_fast_rows_ok(void);
+// y[i] = silu(g[i]) * u[i] for i < n.
+void mt_cpu_fast_swiglu_span(const float *g, const float *u, float *y, int64_t n);
+// x += add (when add is not NULL), then y = rmsnorm(x) * w, over one row of d elements.
+void mt_cpu_fast_add_rmsnorm_row(float *x, const float *add, const float *w, float eps, float *y, int64_t d);
+
 #endif
