@@ -1,6 +1,7 @@
 // Thread-pool overhead: the cost of one mt_pool_run with an empty body (what every op pays to start and
 // join its threads), back to back as in a decode step, and with a short gap between runs (the main thread
-// doing a little serial work, e.g. sampling). Prints microseconds per run, median of 7 rounds.
+// doing a little serial work, e.g. sampling), and the cost of mt_pool_barrier inside a run. Prints
+// microseconds per run (per barrier), median of 7 rounds.
 //
 // Build and run (from the repository root, after `make`):
 //   cc -O2 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -pthread bench/bench-pool.c
@@ -31,6 +32,50 @@ static void busy(double us) {
     double t0 = now();
     while ((now() - t0) * 1e6 < us) {
     }
+}
+
+static int cmp(const void *a, const void *b);
+
+// Barriers: every thread bumps its own step counter, waits, then checks that every other thread has
+// reached the same step (a barrier that lets a thread through early shows up as a mismatch).
+enum { BAR_STEPS = 2000 };
+typedef struct {
+    mt_pool *p;
+    _Atomic long steps[64 * 16];
+    _Atomic int bad;
+    double work_us;
+} bar_ctx;
+
+static void barriers(void *ctx, int ith, int nth) {
+    bar_ctx *c = ctx;
+    for (long s = 1; s <= BAR_STEPS; s++) {
+        if (c->work_us > 0) busy(c->work_us * (ith + 1) / nth); // uneven work, as real stages have
+        c->steps[16 * ith] = s;
+        mt_pool_barrier(c->p, nth);
+        for (int t = 0; t < nth && t < 64; t++)
+            if (c->steps[16 * t] < s) c->bad = 1;
+        mt_pool_barrier(c->p, nth); // nobody starts step s + 1 before all have checked step s
+    }
+}
+
+// Microseconds per barrier (two per step), median of 7 rounds; exits on a failed check.
+static double per_barrier(mt_pool *p, double work_us) {
+    static bar_ctx c;
+    double r[7];
+    for (int k = 0; k < 7; k++) {
+        c.p = p;
+        c.work_us = work_us;
+        for (int t = 0; t < 64 * 16; t++) c.steps[t] = 0;
+        double t0 = now();
+        mt_pool_run(p, barriers, &c);
+        r[k] = (now() - t0) / (2.0 * BAR_STEPS) * 1e6;
+        if (c.bad) {
+            fprintf(stderr, "barrier let a thread through early\n");
+            exit(1);
+        }
+    }
+    qsort(r, 7, sizeof r[0], cmp);
+    return r[3];
 }
 
 static int cmp(const void *a, const void *b) {
@@ -71,6 +116,9 @@ int main(int argc, char **argv) {
     printf("| %d | back to back | %.2f |\n", nth, per_run(p, 20000, 0));
     printf("| %d | 20 us gap | %.2f |\n", nth, per_run(p, 2000, 20));
     printf("| %d | 1 ms gap | %.2f |\n", nth, per_run(p, 100, 1000));
+    printf("| %d | barrier, no work between | %.2f |\n", nth, per_barrier(p, 0));
+    printf("| %d | barrier, 0-10 us uneven work between (us per barrier incl. work) | %.2f |\n", nth,
+           per_barrier(p, 10));
     mt_pool_free(p);
     return 0;
 }

@@ -16,7 +16,7 @@ int mt_pool_size(const mt_pool *p);
 // Runs fn on all threads. A NULL pool runs fn(ctx, 0, 1) inline.
 void mt_pool_run(mt_pool *p, mt_pool_fn fn, void *ctx);
 // Inside fn: waits until all nth threads of the current run have called it (nth as passed to fn; every
-// thread must call it the same number of times). Spins, so keep the work between barriers short.
+// thread must call it the same number of times). Spins for a while, then sleeps until the last arrives.
 void mt_pool_barrier(mt_pool *p, int nth);
 // The [begin, end) share of n items for thread ith of nth.
 static inline void mt_split(long n, int ith, int nth, long *begin, long *end) {
