@@ -340,8 +340,9 @@ static void print_md_row(const bench_opts *o, const model_info *mi, const bench_
     char size[32], params[32], test[32];
     fmt_size(size, sizeof size, mi->size);
     fmt_params(params, sizeof params, mi->n_params);
-    printf("| %s | %s | %s | CPU/%s | %d | %s | %.2f ± %.2f |", mi->type, size, params, path_name(o),
-           r->threads, test_name(r, test, sizeof test), r->avg_ts, r->sd_ts);
+    printf("| %s | %s | %s | %s/%s | %d | %s | %.2f ± %.2f |", mi->type, size, params,
+           is_cuda(o) ? "CUDA" : "CPU", path_name(o), r->threads, test_name(r, test, sizeof test), r->avg_ts,
+           r->sd_ts);
     if (o->verbose) {
         if (r->n_gen)
             printf(" %.2f |", r->bytes_per_token * r->avg_ts / 1e9);
