@@ -35,7 +35,7 @@ typedef struct {
 
 typedef struct {
     const char *model;
-    int_list prompts, gens, threads;
+    int_list prompts, gens, threads, depths;
     int reps;
     out_fmt fmt;
     const char *backend;
@@ -54,6 +54,7 @@ typedef struct {
 
 typedef struct {
     int n_prompt, n_gen, threads;
+    int depth; // positions already in the KV cache when the timed part starts (llama-bench -d)
     char test_time[32];
     double *samples_ns; // [reps]
     double avg_ns, sd_ns, avg_ts, sd_ts;
@@ -70,6 +71,7 @@ static void usage(FILE *f) {
                "  -n, --n-gen N[,N..]      decode lengths, one tg<N> row each (default 128; 0 = none)\n"
                "  -r, --repetitions N      timed runs per test after one warm-up run (default 5)\n"
                "  -t, --threads N[,N..]    threads (default: one per core)\n"
+               "  -d, --n-depth N[,N..]    tokens already in the KV cache before each test (default 0)\n"
                "  -o, --output md|json|csv|jsonl   output format (default md)\n"
                "  --backend legacy|graph|auto      execution path (default auto)\n"
                "  --device cpu|cuda        device (default: cuda when built with it and a GPU is present)\n"
@@ -109,6 +111,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     o->prompts = (int_list){1, {512}};
     o->gens = (int_list){1, {128}};
     o->threads = (int_list){1, {0}};
+    o->depths = (int_list){1, {0}};
     o->reps = 5;
     o->fmt = OUT_MD;
     o->backend = "auto";
@@ -130,7 +133,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         }
         static const char *const valued[] = {
             "-p", "--n-prompt", "-n",        "--n-gen",  "-r", "--repetitions", "-t", "--threads",
-            "-o", "--output",   "--backend", "--device", NULL};
+            "-o", "--output",   "--backend", "--device", "-d", "--n-depth",     NULL};
         int known = 0;
         for (int k = 0; valued[k]; k++) known |= !strcmp(a, valued[k]);
         if (!known) return usage_error(a, NULL, "unknown flag (see metallic bench --help)");
@@ -141,6 +144,8 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             rc = parse_list(a, v, 0, &o->prompts);
         } else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) {
             rc = parse_list(a, v, 0, &o->gens);
+        } else if (!strcmp(a, "-d") || !strcmp(a, "--n-depth")) {
+            rc = parse_list(a, v, 0, &o->depths);
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             rc = parse_list(a, v, 1, &o->threads);
             for (int k = 0; !rc && k < o->threads.n; k++)
@@ -281,22 +286,35 @@ static void fill_stats(bench_row *r, int reps) {
 typedef struct {
     mt_session *s;
     const int32_t *tok, *pos, *seq;
+    int n_batch;
 } runner;
 
-// One timed run: pp (n_prompt > 0) or tg. Returns the nanoseconds of the timed part, < 0 on error.
-static double run_once(runner *R, int n_prompt, int n_gen) {
+// Untimed prefill of positions [0, n) in batches of at most R->n_batch tokens.
+static int fill_cache(runner *R, int n) {
+    for (int at = 0; at < n; at += R->n_batch) {
+        int k = n - at < R->n_batch ? n - at : R->n_batch;
+        mt_batch b = {k, R->tok + at, R->pos + at, R->seq, NULL};
+        if (mt_session_decode(R->s, &b) != MT_OK) return -1;
+    }
+    return 0;
+}
+
+// One timed run: pp (n_prompt > 0) or tg, after `depth` cached positions. Returns the nanoseconds of the
+// timed part, < 0 on error.
+static double run_once(runner *R, int n_prompt, int n_gen, int depth) {
     mt_session_seq_clear(R->s, 0);
     if (n_prompt > 0) {
-        mt_batch b = {n_prompt, R->tok, R->pos, R->seq, NULL};
+        if (fill_cache(R, depth) < 0) return -1;
+        mt_batch b = {n_prompt, R->tok + depth, R->pos + depth, R->seq, NULL};
         double t0 = now_ns();
         if (mt_session_decode(R->s, &b) != MT_OK) return -1;
         return now_ns() - t0;
     }
-    mt_batch p = {TG_PROMPT, R->tok, R->pos, R->seq, NULL};
-    if (mt_session_decode(R->s, &p) != MT_OK) return -1;
+    int start = depth > TG_PROMPT ? depth : TG_PROMPT;
+    if (fill_cache(R, start) < 0) return -1;
     double t0 = now_ns();
     for (int i = 0; i < n_gen; i++) {
-        mt_batch b = {1, R->tok + TG_PROMPT + i, R->pos + TG_PROMPT + i, R->seq, NULL};
+        mt_batch b = {1, R->tok + start + i, R->pos + start + i, R->seq, NULL};
         if (mt_session_decode(R->s, &b) != MT_OK) return -1;
     }
     return now_ns() - t0;
@@ -317,7 +335,8 @@ static void fmt_params(char *out, size_t cap, uint64_t n) {
 }
 
 static const char *test_name(const bench_row *r, char *buf, size_t cap) {
-    snprintf(buf, cap, r->n_prompt ? "pp%d" : "tg%d", r->n_prompt ? r->n_prompt : r->n_gen);
+    int k = snprintf(buf, cap, r->n_prompt ? "pp%d" : "tg%d", r->n_prompt ? r->n_prompt : r->n_gen);
+    if (r->depth > 0 && k > 0 && (size_t)k < cap) snprintf(buf + k, cap - (size_t)k, " @ d%d", r->depth);
     return buf;
 }
 
@@ -370,6 +389,7 @@ static cJSON *row_json(const bench_opts *o, const model_info *mi, const bench_ro
     cJSON_AddNumberToObject(j, "n_threads", r->threads);
     cJSON_AddNumberToObject(j, "n_prompt", r->n_prompt);
     cJSON_AddNumberToObject(j, "n_gen", r->n_gen);
+    cJSON_AddNumberToObject(j, "n_depth", r->depth);
     cJSON_AddStringToObject(j, "test_time", r->test_time);
     cJSON_AddNumberToObject(j, "avg_ns", llround(r->avg_ns));
     cJSON_AddNumberToObject(j, "stddev_ns", llround(r->sd_ns));
@@ -467,12 +487,14 @@ static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi,
     so.cuda_graphs = strcmp(o->backend, "legacy") != 0; // the graph path replays fused launches
     if (mt_session_create(m, &so, &R->s) != MT_OK) return runtime_error("session");
     int rc = 0;
-    for (int pass = 0; pass < 2 && !rc; pass++) {
-        const int_list *l = pass ? &o->gens : &o->prompts;
+    for (int pass = 0; pass < 2 * o->depths.n && !rc; pass++) {
+        const int_list *l = pass % 2 ? &o->gens : &o->prompts;
+        int depth = o->depths.v[pass / 2];
         for (int k = 0; k < l->n && !rc; k++) {
             int n = l->v[k];
             if (n <= 0) continue;
-            bench_row r = {.n_prompt = pass ? 0 : n, .n_gen = pass ? n : 0, .threads = threads};
+            bench_row r = {
+                .n_prompt = pass % 2 ? 0 : n, .n_gen = pass % 2 ? n : 0, .threads = threads, .depth = depth};
             r.samples_ns = samples;
             time_t t = time(NULL);
             struct tm tmv;
@@ -481,12 +503,12 @@ static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi,
             char name[32];
             test_name(&r, name, sizeof name);
             if (o->verbose) fprintf(stderr, "bench: %s, %d threads: warm-up\n", name, threads);
-            if (run_once(R, r.n_prompt, r.n_gen) < 0) {
+            if (run_once(R, r.n_prompt, r.n_gen, r.depth) < 0) {
                 rc = runtime_error(name);
                 break;
             }
             for (int i = 0; i < o->reps; i++) {
-                double ns = run_once(R, r.n_prompt, r.n_gen);
+                double ns = run_once(R, r.n_prompt, r.n_gen, r.depth);
                 if (ns < 0) {
                     rc = runtime_error(name);
                     break;
@@ -497,8 +519,9 @@ static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi,
             if (rc) break;
             fill_stats(&r, o->reps);
             if (r.n_gen) {
-                // step i attends over TG_PROMPT + i + 1 cached positions
-                double kv = mi->kv_bytes_per_pos * (TG_PROMPT + 1 + (r.n_gen - 1) / 2.0);
+                // step i attends over start + i + 1 cached positions
+                int start = r.depth > TG_PROMPT ? r.depth : TG_PROMPT;
+                double kv = mi->kv_bytes_per_pos * (start + 1 + (r.n_gen - 1) / 2.0);
                 r.bytes_per_token = mi->decode_weight_bytes + kv;
             }
             emit_row(o, mi, &r, all);
@@ -537,10 +560,15 @@ int mt_cmd_bench(int argc, char **argv) {
         if (o.prompts.v[k] > max_p) max_p = o.prompts.v[k];
     for (int k = 0; k < o.gens.n; k++)
         if (o.gens.v[k] > max_g) max_g = o.gens.v[k];
-    int n_tok = max_p > TG_PROMPT + max_g ? max_p : TG_PROMPT + max_g;
+    int max_d = 0;
+    for (int k = 0; k < o.depths.n; k++)
+        if (o.depths.v[k] > max_d) max_d = o.depths.v[k];
+    int tg_start = max_d > TG_PROMPT ? max_d : TG_PROMPT;
+    int n_tok = max_d + max_p > tg_start + max_g ? max_d + max_p : tg_start + max_g;
     int n_batch = max_p > TG_PROMPT ? max_p : TG_PROMPT;
+    if (n_batch < 512 && max_d > n_batch) n_batch = max_d < 512 ? max_d : 512; // depth fills in batches
     if (n_tok > c->n_ctx_train) {
-        fprintf(stderr, "metallic bench: -p/-n: %d positions needed, the model's context is %d\n", n_tok,
+        fprintf(stderr, "metallic bench: -p/-n/-d: %d positions needed, the model's context is %d\n", n_tok,
                 c->n_ctx_train);
         mt_model_free(m);
         return 2;
@@ -567,7 +595,7 @@ int mt_cmd_bench(int argc, char **argv) {
 
     if (o.fmt == OUT_MD) print_md_header(&o);
     if (o.fmt == OUT_CSV) print_csv_header();
-    runner R = {NULL, tok, pos, seq};
+    runner R = {NULL, tok, pos, seq, n_batch};
     for (int k = 0; k < o.threads.n && !rc; k++) {
         int t = o.threads.v[k] > 0 ? o.threads.v[k] : mt_cpu_count();
         rc = bench_threads(&o, m, &mi, t, n_tok, n_batch, &R, samples, all);

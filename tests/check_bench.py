@@ -184,6 +184,14 @@ rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()] if r.retur
 report("lists: -p 8,12 -n 0 -t 1,2 -> 4 pp rows", [(x["n_threads"], x["n_prompt"], x["n_gen"]) for x in rows]
        == [(1, 8, 0), (1, 12, 0), (2, 8, 0), (2, 12, 0)], r.stdout[:300] + r.stderr[-300:])
 
+# context depth: rows per depth, llama-bench's n_depth field and "@ dN" test names
+r = run([model, "-p", "8", "-n", "2", "-d", "0,40", "-r", "1", "-t", "1", "-o", "jsonl"])
+rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()] if r.returncode == 0 else []
+report("depth: -d 0,40 -> pp/tg rows at each depth", [(x["n_depth"], x["n_prompt"], x["n_gen"]) for x in rows]
+       == [(0, 8, 0), (0, 0, 2), (40, 8, 0), (40, 0, 2)], r.stdout[:300] + r.stderr[-300:])
+r = run([model, "-p", "8", "-n", "0", "-d", "40", "-r", "1", "-t", "1"])
+report("depth: md names the test pp8 @ d40", r.returncode == 0 and "pp8 @ d40" in r.stdout, r.stdout[-300:])
+
 # help
 r = run(["--help"])
 report("--help: exit 0, usage on stdout", r.returncode == 0 and "--n-prompt" in r.stdout)
@@ -192,7 +200,7 @@ report("--help: exit 0, usage on stdout", r.returncode == 0 and "--n-prompt" in 
 BAD = [
     (["-p", "x"], "-p"), (["-p", "16,"], "-p"), (["-n", "-3"], "-n"), (["-r", "0"], "-r"), (["-r", "2,3"], "-r"),
     (["-t", "0"], "-t"), (["-o", "xml"], "-o"), (["--backend", "fast"], "--backend"), (["--device", "tpu"], "--device"),
-    (["--frobnicate"], "--frobnicate"), (["-p"], "-p"), (["-p", "0", "-n", "0"], "-p/-n"),
+    (["--frobnicate"], "--frobnicate"), (["-d", "x"], "-d"), (["-p"], "-p"), (["-p", "0", "-n", "0"], "-p/-n"),
     (["-p", "99999999"], "-p"), (["-p", "40000"], "-p/-n"),
 ]
 for extra, flag in BAD:

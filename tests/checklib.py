@@ -12,7 +12,8 @@ class Tally:
         """ok: "ok   NAME (why)"; else "FAIL NAME: why"."""
         if ok:
             self.passed += 1
-            print(f"ok   {name}" + (f" ({why})" if why else ""))
+            why = str(why)
+            print(f"ok   {name}" + (f" ({why[:160]}{'...' if len(why) > 160 else ''})" if why else ""))
         else:
             self.failed += 1
             print(f"FAIL {name}: {why}")
