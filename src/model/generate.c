@@ -146,6 +146,7 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
     mt_detok_init(&dt, tok);
     char piece[4096]; // detokenizer output: one token's bytes plus any held partial character
     int n_hist = n;
+    const bool greedy_dev = mt_sampler_is_greedy(smp) && o->n_logprobs == 0;
     out->stop = MT_STOP_LENGTH;
     for (;;) {
         if (in_iter) mt_tel_end("iteration_total");
@@ -154,14 +155,24 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
             out->stop = MT_STOP_CANCELLED;
             break;
         }
-        // the point where a device backend waits for the logits; on the CPU they are already in memory
-        if (in_iter) mt_tel_begin("logits_sync");
-        const float *logits = mt_session_logits(s, 0);
-        if (in_iter) mt_tel_end("logits_sync");
-        MT_ASSERT(logits != NULL);
-        if (in_iter) mt_tel_begin("sampling");
-        int32_t id = mt_sampler_sample(smp, logits, hist, n_hist);
-        if (in_iter) mt_tel_end("sampling");
+        // the point where a device backend waits for the logits; on the CPU they are already in memory.
+        // Greedy without logprobs takes the argmax where the logits live: on a GPU only the id crosses.
+        int32_t id;
+        const float *logits = NULL;
+        if (greedy_dev) {
+            if (in_iter) mt_tel_begin("sampling");
+            st = mt_session_argmax(s, 0, &id);
+            if (in_iter) mt_tel_end("sampling");
+            if (st != MT_OK) goto done;
+        } else {
+            if (in_iter) mt_tel_begin("logits_sync");
+            logits = mt_session_logits(s, 0);
+            if (in_iter) mt_tel_end("logits_sync");
+            MT_ASSERT(logits != NULL);
+            if (in_iter) mt_tel_begin("sampling");
+            id = mt_sampler_sample(smp, logits, hist, n_hist);
+            if (in_iter) mt_tel_end("sampling");
+        }
         if (is_eos(cfg, id)) {
             out->stop = MT_STOP_EOS;
             break;

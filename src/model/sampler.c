@@ -166,6 +166,10 @@ static inline float penalized(const mt_sampler *s, const float *logits, int i, b
     return l;
 }
 
+bool mt_sampler_is_greedy(const mt_sampler *s) {
+    return s->p.temperature <= 0.0f;
+}
+
 int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *history, int n_history) {
     const mt_sampler_params *p = &s->p;
     const int n = s->n_vocab;

@@ -2,6 +2,7 @@
 #ifndef MT_SAMPLER_H
 #define MT_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "../core/status.h"
@@ -26,5 +27,7 @@ mt_status mt_sampler_create(const mt_sampler_params *p, int n_vocab, mt_sampler 
 void mt_sampler_free(mt_sampler *s);
 // Picks the next token from `logits` (n_vocab floats, not modified) given the history of tokens so far.
 int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *history, int n_history);
+// True when sampling is plain argmax (temperature 0): the caller may take the argmax where the logits live.
+bool mt_sampler_is_greedy(const mt_sampler *s);
 
 #endif
