@@ -73,6 +73,7 @@ SCHEMA = {
                     "kv_bytes_copied": int, "kv_bytes_copied_total": int, "kv_cache_used_bytes": int,
                     "duration_us": (int, float)},
     "GpuOpCompleted": {"op_name": str, "backend": str, "device": str, "duration_us": (int, float)},
+    "GpuKernelDispatched": {"kernel_name": str, "op_name": str, "thread_groups": int},
     "InternalKernelCompleted": {"parent_op_name": str, "internal_kernel_name": str, "path": str,
                                 "duration_us": (int, float)},
 }

@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "../core/metrics.h"
 #include "../core/telemetry.h"
 
 static void run_node(void *ctx, int ith, int nth) {
@@ -32,6 +33,13 @@ void mt_eager_run_unchecked(const mt_node *nodes, int n_nodes, mt_pool *pool) {
     if (mt_tel_profiling()) {
         // latency mode: each node's parallel region is timed and recorded under the caller's scope
         for (int i = 0; i < n_nodes; i++) {
+            const mt_op_def *d = mt_op_get(nodes[i].op);
+            mt_op_impl impl = mt_op_cpu_impl(&nodes[i]);
+            // the seed's dispatch event: which kernel, for which op, over how many workers
+            mt_metrics_emitf("GpuKernelDispatched",
+                             "\"kernel_name\":\"cpu_%s_%s\",\"op_name\":\"%s\",\"thread_groups\":%d", d->name,
+                             impl == d->cpu_ref ? "ref" : "fast", nodes[i].label ? nodes[i].label : d->name,
+                             mt_pool_size(pool));
             uint64_t t0 = mt_tel_now_ns();
             mt_pool_run(pool, run_node, (void *)&nodes[i]);
             double us = (double)(mt_tel_now_ns() - t0) / 1e3;
