@@ -1,9 +1,11 @@
 // Fast CPU kernels of rmsnorm, rope, attention, swiglu, add and softmax against the scalar references, on
 // random inputs (fixed seeds) at odd sizes, 1-3 threads, with guard floats around every buffer, at every
-// instruction-set level this CPU runs. At the scalar level the op table must pick the references.
+// instruction-set level this CPU runs. At the scalar level the op table must pick the references. Also the
+// row kernels of the graph path's fused nodes and mt_pool_barrier, which that path's region uses.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "backend/cpu/cpu-features.h"
 #include "backend/cpu/ops-fast.h"
@@ -236,6 +238,91 @@ static void test_unsupported(void) {
     bufs_free(&b);
 }
 
+// The row kernels of the graph path's fused nodes (fused.c) against double-precision references, at odd
+// lengths and unaligned starts, with guard floats after each row.
+static void test_rows(void) {
+    static const int lens[] = {896, 37, 3, 1, 4864};
+    for (size_t c = 0; c < sizeof lens / sizeof lens[0]; c++) {
+        const int d = lens[c], off = (int)c % 3; // unaligned starts
+        float *x = malloc((size_t)(d + off + GUARD) * sizeof(float)), *x0 = malloc((size_t)d * sizeof(float));
+        float *a = malloc((size_t)(d + off) * sizeof(float)), *w = malloc((size_t)d * sizeof(float));
+        float *y = malloc((size_t)(d + off + GUARD) * sizeof(float));
+        MT_ASSERT(x && x0 && a && w && y);
+        rng = 0x9e3779b97f4a7c15ull + (uint64_t)c;
+        for (int i = 0; i < d; i++) {
+            x0[i] = x[off + i] = 3.0f * rndf();
+            a[off + i] = rndf();
+            w[i] = 1.0f + rndf();
+        }
+        for (int g = 0; g < GUARD; g++) x[off + d + g] = y[off + d + g] = guard_val;
+        // x += a, y = rmsnorm(x) * w
+        mt_cpu_fast_add_rmsnorm_row(x + off, a + off, w, 1e-6f, y + off, d);
+        double ss = 0, err = 0, mag = 0;
+        for (int i = 0; i < d; i++) ss += ((double)x0[i] + a[off + i]) * ((double)x0[i] + a[off + i]);
+        const double inv = 1.0 / sqrt(ss / d + 1e-6);
+        for (int i = 0; i < d; i++) {
+            const double xs = (double)x0[i] + a[off + i], ref = xs * inv * w[i];
+            CHECK(fabs(x[off + i] - xs) <= 1e-6 * (1 + fabs(xs)), "add_rmsnorm d=%d: x[%d] = %g, want %g", d,
+                  i, (double)x[off + i], xs);
+            err = fmax(err, fabs(y[off + i] - ref));
+            mag = fmax(mag, fabs(ref));
+        }
+        CHECK(mag > 0 && err <= 1e-5 * mag, "add_rmsnorm d=%d: max error %.3g vs max |ref| %.3g", d, err,
+              mag);
+        // swiglu over a span that starts off floats into the row
+        mt_cpu_fast_swiglu_span(x + off, a + off, y + off, d);
+        err = mag = 0;
+        for (int i = 0; i < d; i++) {
+            const double g = x[off + i], ref = g / (1 + exp(-g)) * a[off + i];
+            err = fmax(err, fabs(y[off + i] - ref));
+            mag = fmax(mag, fabs(ref));
+        }
+        CHECK(mag > 0 && err <= 1e-5 * mag, "swiglu span n=%d: max error %.3g vs max |ref| %.3g", d, err,
+              mag);
+        for (int g = 0; g < GUARD; g++)
+            CHECK(x[off + d + g] == guard_val && y[off + d + g] == guard_val,
+                  "row kernels d=%d wrote past the row", d);
+        free(x), free(x0), free(a), free(w), free(y);
+    }
+}
+
+// mt_pool_barrier (used inside one parallel region): no thread passes step s before all reached it, with
+// uneven work between barriers so both the spin and the sleep paths run.
+typedef struct {
+    mt_pool *p;
+    _Atomic long steps[3 * 16];
+    _Atomic int bad;
+} bar_job;
+
+static void bar_run(void *ctx, int ith, int nth) {
+    bar_job *j = ctx;
+    for (long s = 1; s <= 300; s++) {
+        if (ith == (int)(s % nth) && s % 50 == 0) { // now and then one thread is late by ~1 ms
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        j->steps[16 * ith] = s;
+        mt_pool_barrier(j->p, nth);
+        for (int t = 0; t < nth; t++)
+            if (j->steps[16 * t] < s) j->bad = 1;
+        mt_pool_barrier(j->p, nth);
+    }
+}
+
+static void test_barrier(mt_pool *const pools[3]) {
+    for (int p = 1; p < 3; p++) {
+        static bar_job j;
+        j.p = pools[p];
+        j.bad = 0;
+        for (int t = 0; t < 3 * 16; t++) j.steps[t] = 0;
+        mt_pool_run(pools[p], bar_run, &j);
+        CHECK(!j.bad, "%d threads: a thread passed a barrier early", p + 1);
+        for (int t = 0; t <= p; t++)
+            CHECK(j.steps[16 * t] == 300, "%d threads: thread %d stopped at step %ld", p + 1, t,
+                  (long)j.steps[16 * t]);
+    }
+}
+
 int main(void) {
     mt_pool *pools[3] = {NULL};
     for (int p = 1; p < 3; p++) MT_ASSERT(mt_pool_create(p + 1, &pools[p]) == MT_OK);
@@ -251,6 +338,11 @@ int main(void) {
         RUN_NAMED(name, test_unsupported());
     }
     MT_ASSERT(mt_cpu_isa_force(best) == MT_OK);
+    if (mt_cpu_fast_rows_ok())
+        RUN_NAMED("fused-node row kernels", test_rows());
+    else
+        SKIP("fused-node row kernels", "no AVX2 at the best level");
+    RUN_NAMED("pool barrier", test_barrier(pools));
     for (int p = 1; p < 3; p++) mt_pool_free(pools[p]);
     return th_summary();
 }
