@@ -1,12 +1,19 @@
-#!/bin/sh
+#!/bin/bash
 # GPU check: CUDA op tests against the CPU references, whole-model checks (tiny models and a random model
 # at the exact Qwen2.5-0.5B shapes) and legacy-vs-graph timings, on a machine with an NVIDIA GPU.
 #
 #   scripts/gpu-check.sh [BIN_DIR] [STAGES]     BIN_DIR holds metallic and test-cuda-ops (default build)
-#   STAGES: any of ops tiny r05 bench05 bench7b (default: ops tiny r05 bench05)
-#   VOCAB=path.gguf supplies the tokenizer for tools/gen_random_model.py (default: the real model).
+#   STAGES: any of ops tiny r05 bench05 hf bench7b (default: ops tiny r05 bench05)
+#     hf       transformers vs the engine (CPU and CUDA) on a random Qwen2 folder (tools/gen_hf_random.py;
+#              HF_LAYERS layers, default 24); needs torch and transformers
+#     bench7b  random GGUFs at the exact Qwen2.5-7B shapes (tools/gen_random_gguf.c; DTYPES7B, default
+#              "f16 q8_0 q4_k_m"), `metallic bench --device cuda -p 512 -n 128 -r 3`, legacy and graph;
+#              each file is deleted after its rows
+#   VOCAB=path.gguf supplies the tokenizer for the generators (default: the real model).
 # Models are generated under $MODELS (default /tmp/metallic-gpu-models); the last line is the summary.
+# Stages are independent: one that fails is counted and the next still runs.
 set -u
+set -o pipefail
 BIN=${1:-build}
 STAGES=${2:-"ops tiny r05 bench05"}
 PY=${PYTHON:-python3}
@@ -51,11 +58,31 @@ for s in $STAGES; do
             run "$BIN/test-cuda-ops" --bench "$MODELS/r05-$d.gguf" 512
         done
         ;;
+    hf)
+        note "Hugging Face transformers vs the engine: random Qwen2 at 0.5B widths, ${HF_LAYERS:-24} layers"
+        if [ -d "$MODELS/hf-random" ] || $PY tools/gen_hf_random.py "$MODELS/hf-random" --layers "${HF_LAYERS:-24}" \
+            --vocab-from "$VOCAB"; then
+            run $PY tests/check_hf_transformers.py --build "$BIN" --model "$MODELS/hf-random"
+        else
+            fail=$((fail + 1)) && echo "FAILED: gen_hf_random.py"
+        fi
+        ;;
     bench7b)
-        note "benchmarks, Qwen2.5-7B shapes (q8_0): pp512 / tg128"
-        [ -f "$MODELS/r7-q8_0.gguf" ] ||
-            $PY tools/gen_random_model.py "$MODELS/r7-q8_0.gguf" --shape 7b --dtype q8_0 --vocab-from "$VOCAB"
-        run "$BIN/test-cuda-ops" --bench "$MODELS/r7-q8_0.gguf" 512
+        note "benchmarks, Qwen2.5-7B shapes: pp512 / tg128, legacy launches vs CUDA graphs"
+        GEN=$BIN/gen_random_gguf
+        [ -x "$GEN" ] || { GEN=$MODELS/gen_random_gguf && cc -O2 -o "$GEN" tools/gen_random_gguf.c; }
+        for d in ${DTYPES7B:-f16 q8_0 q4_k_m}; do
+            f=$MODELS/r7-$d.gguf
+            t0=$(date +%s)
+            if ! "$GEN" "$f" --shape 7b --dtype $d --vocab-from "$VOCAB"; then
+                fail=$((fail + 1)) && echo "FAILED: gen_random_gguf $d" && continue
+            fi
+            echo "generated $f in $(($(date +%s) - t0)) s"
+            for be in legacy graph; do
+                run "$BIN/metallic" bench "$f" --device cuda --backend $be -p 512 -n 128 -r 3 -o md
+            done
+            rm -f "$f"
+        done
         ;;
     *) echo "unknown stage $s" && fail=$((fail + 1)) ;;
     esac
