@@ -160,10 +160,15 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
         int32_t id;
         const float *logits = NULL;
         if (greedy_dev) {
-            if (in_iter) mt_tel_begin("sampling");
+            // the wait for the device's result; the choice itself is made there, so sampling is empty
+            if (in_iter) mt_tel_begin("logits_sync");
             st = mt_session_argmax(s, 0, &id);
-            if (in_iter) mt_tel_end("sampling");
+            if (in_iter) mt_tel_end("logits_sync");
             if (st != MT_OK) goto done;
+            if (in_iter) {
+                mt_tel_begin("sampling");
+                mt_tel_end("sampling");
+            }
         } else {
             if (in_iter) mt_tel_begin("logits_sync");
             logits = mt_session_logits(s, 0);
