@@ -6,8 +6,6 @@
 #include "graph.h"
 
 #include <math.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,26 +27,8 @@ typedef struct stage {
     const char *fusion; // name of the fusion applied, NULL for none
 } stage;
 
-// Sense-reversing spin barrier: the last thread to arrive bumps the generation; the others spin on it
-// (yielding after a while, so an oversubscribed pool still makes progress).
-typedef struct spin_barrier {
-    _Atomic int count;
-    _Atomic unsigned gen;
-} spin_barrier;
-
-static void barrier_wait(spin_barrier *b, int n) {
-    if (n <= 1) return;
-    unsigned g = atomic_load_explicit(&b->gen, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == n - 1) {
-        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&b->gen, 1, memory_order_release);
-        return;
-    }
-    for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; spins++)
-        if (spins > 2000) sched_yield();
-}
-
 struct mt_graph_exec {
+    mt_pool *pool; // the pool of the run in progress (its barrier separates dependent stages)
     int n_nodes;
     int *ops;
     stage *st;
@@ -67,7 +47,6 @@ struct mt_graph_exec {
     mt_tensor *wt;
     mt_gext *wext;
     const mt_mask *mask;
-    spin_barrier bar;
     char *plan; // the plan dump text
     // builder executables
     mt_graph *g;
@@ -673,7 +652,7 @@ static void run_region(void *ctx, int ith, int nth) {
     mt_graph_exec *ex = ctx;
     for (int s = 0; s < ex->n_st; s++) {
         run_stage(ex, &ex->st[s], ith, nth);
-        if (s + 1 < ex->n_st) barrier_wait(&ex->bar, nth);
+        if (s + 1 < ex->n_st) mt_pool_barrier(ex->pool, nth); // spins, then sleeps: fair on a busy core
     }
 }
 
@@ -708,7 +687,7 @@ mt_status mt_graph_exec_run_nodes(mt_graph_exec *ex, const mt_node *nodes, const
         }
     }
     ex->mask = mask;
-    atomic_store(&ex->bar.count, 0);
+    ex->pool = pool;
     mt_pool_run(pool, run_region, ex);
     return MT_OK;
 }
