@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "common.cuh"
 
@@ -130,14 +131,21 @@ template <int DT> __device__ __forceinline__ void deq(const uint8_t *row, int64_
         float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2)), sc, mn;
         scale_min_k4(sub, b + 4, &sc, &mn);
         float ds = d * sc, dm = dmin * mn;
-        const uint8_t *qh = b + 16;
         const uint8_t *q = b + (DT == MT_Q4_K ? 16 : 48) + 32 * (sub >> 1);
         int sh = (sub & 1) * 4;
+        if constexpr (DT == MT_Q4_K) { // 144-byte blocks: the quants are 16-byte aligned in aligned rows
+            const uint4 *q4 = (const uint4 *)q;
+            uint4 a = q4[0], bq = q4[1];
+            uint32_t u[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
 #pragma unroll
-        for (int l = 0; l < 32; l++) {
-            int v = (q[l] >> sh) & 15;
-            if constexpr (DT == MT_Q5_K) v += ((qh[l] >> sub) & 1) << 4;
-            w[l] = ds * (float)v - dm;
+            for (int l = 0; l < 32; l++) w[l] = ds * (float)((u[l >> 2] >> (8 * (l & 3) + sh)) & 15) - dm;
+        } else {
+            const uint8_t *qh = b + 16;
+#pragma unroll
+            for (int l = 0; l < 32; l++) {
+                int v = ((q[l] >> sh) & 15) + (((qh[l] >> sub) & 1) << 4);
+                w[l] = ds * (float)v - dm;
+            }
         }
     } else if constexpr (DT == MT_Q6_K) {
         int sub = (int)(c & 7), half = sub >> 2, qq = sub & 3;
@@ -609,18 +617,38 @@ template <bool BF> __global__ void k_to_half(const float *x, int64_t x_ld, int64
         ((__half *)out)[i] = __float2half(v);
 }
 
-// rows [0, rows) of a stored matrix -> dense F16, one 32-element chunk per thread.
+// rows [0, rows) of a stored matrix -> dense F16: each thread decodes one chunk into shared memory, then
+// the block writes its contiguous span of the output with 16-byte stores (a thread's own 64-byte span
+// would make every store instruction touch 32 segments).
+enum { DQ_THREADS = 256 };
+__device__ __forceinline__ uint32_t h2u(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *(const uint32_t *)&h;
+}
 template <int DT>
-__global__ void k_deq_f16(const uint8_t *W, size_t w_nb1, int64_t rows, int64_t k, __half *out) {
+__global__ void __launch_bounds__(DQ_THREADS)
+    k_deq_f16(const uint8_t *W, size_t w_nb1, int64_t rows, int64_t k, __half *out) {
     constexpr int E = chunk<DT>::E;
-    int64_t per_row = k / E, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= rows * per_row) return;
-    int64_t r = i / per_row, c = i % per_row;
-    float w[E];
-    deq<DT>(W + r * w_nb1, c, w);
-    __half *o = out + r * k + c * E;
+    __shared__ __align__(16) __half sh[DQ_THREADS * E];
+    int64_t per_row = k / E, total = rows * per_row, base = (int64_t)blockIdx.x * DQ_THREADS;
+    int64_t i = base + threadIdx.x;
+    if (i < total) {
+        int64_t r = i / per_row, c = i % per_row;
+        float w[E];
+        deq<DT>(W + r * w_nb1, c, w);
+        uint4 *o = (uint4 *)(sh + threadIdx.x * E);
 #pragma unroll
-    for (int j = 0; j < E; j += 2) *(__half2 *)(o + j) = __floats2half2_rn(w[j], w[j + 1]);
+        for (int j = 0; j < E; j += 8) {
+            o[j / 8] = make_uint4(h2u(w[j], w[j + 1]), h2u(w[j + 2], w[j + 3]), h2u(w[j + 4], w[j + 5]),
+                                  h2u(w[j + 6], w[j + 7]));
+        }
+    }
+    __syncthreads();
+    // chunk i of the dense output starts at element i * E (rows are k = per_row * E elements)
+    int64_t n8 = (total - base < DQ_THREADS ? total - base : DQ_THREADS) * E / 8;
+    uint4 *dst = (uint4 *)(out + base * E);
+    const uint4 *src = (const uint4 *)sh;
+    for (int64_t j = threadIdx.x; j < n8; j += DQ_THREADS) dst[j] = src[j];
 }
 
 __global__ void k_add_bias(float *y, int64_t y_ld, int64_t m, int64_t n, const float *bias) {
@@ -678,11 +706,13 @@ static mt_status matmul_gemm(const mt_node *nd) {
             for (int64_t r0 = 0; r0 < m; r0 += chunk_rows) {
                 int64_t rows = m - r0 < chunk_rows ? m - r0 : chunk_rows;
                 const uint8_t *W = (const uint8_t *)w->data + r0 * (int64_t)w->nb[1];
-                int64_t nthr = rows * k / 8; // upper bound of chunks (E >= 8)
+                int64_t E = (w->dtype == MT_F32 || w->dtype == MT_F16 || w->dtype == MT_BF16) ? 8 : 32;
+                int64_t nthr = rows * k / E; // one chunk per thread
                 switch (w->dtype) {
 #define X(DT)                                                                                                \
     case DT:                                                                                                 \
-        k_deq_f16<DT><<<cdiv(nthr, 256), 256, 0, c->stream>>>(W, w->nb[1], rows, k, (__half *)c->w16);       \
+        k_deq_f16<DT>                                                                                        \
+            <<<cdiv(nthr, DQ_THREADS), DQ_THREADS, 0, c->stream>>>(W, w->nb[1], rows, k, (__half *)c->w16);  \
         break;
                     MT_CU_DTYPES(X)
 #undef X
@@ -705,6 +735,8 @@ static mt_status matmul_gemm(const mt_node *nd) {
     return MT_OK;
 }
 
+static bool qx_matvec(const mt_node *nd, mt_status *st);
+
 mt_status mt_cuda_op_matmul(const mt_node *nd) {
     const mt_tensor *w = nd->src[0], *x = nd->src[1];
     int n = (int)x->ne[1];
@@ -715,6 +747,8 @@ mt_status mt_cuda_op_matmul(const mt_node *nd) {
     bool vec_ok = w->ne[0] % E == 0 && x_ld % 4 == 0 && ((uintptr_t)x->data & 15) == 0 &&
                   w->nb[1] % (E == 8 ? 16 : 2) == 0;
     if (n > MV_MAX_TOK || !vec_ok) return matmul_gemm(nd);
+    mt_status qst;
+    if (n == 1 && qx_matvec(nd, &qst)) return qst;
     const float *bias = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
     const float *xp = (const float *)x->data;
     float *y = (float *)nd->dst->data;
@@ -768,6 +802,137 @@ enum { FM_WARPS = 4, FA_THREADS = 128, FA_MAXG = 8, FA_SPLITS = 32, FA_MIN_CHUNK
 enum { FM_RES = 0, FM_HEAD = 1, FM_GLU = 2, FM_QKV = 3 };
 static const size_t FA_PART_BYTES = (size_t)4 << 20;
 
+// ---- int8 activations for quantized one-token matvecs ------------------------------------------------
+//
+// Quantized weights are read at a few bits per weight, so a float dot (decode every weight to F32, one FMA
+// per weight, 4 bytes of activation per weight) is bound by instructions, not memory. Instead the
+// activation row is normalized (when the stage has a norm) and quantized once per launch to int8 blocks of
+// 32 with one scale (d = max|x| / 127) and the sum of the quants; weights are unpacked to int8 lanes and
+// dotted with __dp4a, one float multiply per 32 weights. Set MT_CUDA_DP4A=0 to use the float kernels.
+
+enum { QX_MAX_K = 1 << 16 };
+static char *g_qx; // int8 quants (QX_MAX_K) then float2 {scale, sum of quants} per block, allocated once
+
+static mt_status qx_buf(void) {
+    if (g_qx) return MT_OK;
+    return mt_cuda_malloc((void **)&g_qx, QX_MAX_K + QX_MAX_K / 32 * sizeof(float2), "int8 activations");
+}
+
+template <bool NORM>
+__global__ void __launch_bounds__(256)
+    k_quant_x(const float *x, const float *nw, float eps, int64_t k, int8_t *q, float2 *qs) {
+    float inv = 1.0f;
+    if constexpr (NORM) { // same arithmetic as k_rmsnorm per element
+        float ss = 0.0f;
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) ss += x[i] * x[i];
+        ss = block_sum(ss);
+        inv = rsqrtf(ss / (float)k + eps);
+    }
+    int lane = threadIdx.x & 31;
+    int64_t c = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (c >= k / 32) return;
+    int64_t i = c * 32 + lane;
+    float v = NORM ? x[i] * inv * nw[i] : x[i], a = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    float d = a / 127.0f;
+    int qi = a > 0.0f ? __float2int_rn(v / d) : 0;
+    q[i] = (int8_t)qi;
+    int sum = __reduce_add_sync(0xffffffffu, qi);
+    if (lane == 0) qs[c] = make_float2(d, (float)sum);
+}
+
+__device__ __forceinline__ int ld32h(const uint8_t *p) { // 4 bytes at a 2-byte aligned address
+    return (int)(ld16(p) | (ld16(p + 2) << 16));
+}
+
+// Dot of 32-weight chunk c of a stored row with int8 activations xi (8 x 4 quants) and their {scale, sum}.
+template <int DT>
+__device__ __forceinline__ float qdot(const uint8_t *row, int64_t c, const int *xi, float2 xs) {
+    if constexpr (DT == MT_Q8_0) {
+        const uint8_t *b = row + c * 34;
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) s = __dp4a(ld32h(b + 2 + 4 * i), xi[i], s);
+        return h2f(ld16(b)) * xs.x * (float)s;
+    } else if constexpr (DT == MT_Q5_0) {
+        const uint8_t *b = row + c * 22;
+        uint32_t qh = ld16(b + 2) | (ld16(b + 4) << 16);
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t w = (uint32_t)ld32h(b + 6 + 4 * i), t0 = (qh >> (4 * i)) & 15,
+                     t1 = (qh >> (4 * i + 16)) & 15;
+            // bit j of the high-bit nibble -> bit 4 of byte j
+            uint32_t h0 = ((t0 & 1) << 4) | ((t0 & 2) << 11) | ((t0 & 4) << 18) | ((t0 & 8) << 25);
+            uint32_t h1 = ((t1 & 1) << 4) | ((t1 & 2) << 11) | ((t1 & 4) << 18) | ((t1 & 8) << 25);
+            s = __dp4a((int)((w & 0x0F0F0F0Fu) | h0), xi[i], s);
+            s = __dp4a((int)(((w >> 4) & 0x0F0F0F0Fu) | h1), xi[4 + i], s);
+        }
+        return h2f(ld16(b)) * xs.x * ((float)s - 16.0f * xs.y);
+    } else if constexpr (DT == MT_Q4_K) {
+        int sub = (int)(c & 7), sh = (sub & 1) * 4;
+        const uint8_t *b = row + (c >> 3) * 144;
+        float d = h2f(ld16(b)), dmin = h2f(ld16(b + 2)), sc, mn;
+        scale_min_k4(sub, b + 4, &sc, &mn);
+        const uint4 *q = (const uint4 *)(b + 16 + 32 * (sub >> 1)); // rows are 16-byte aligned (launch check)
+        uint4 q0 = q[0], q1 = q[1];
+        uint32_t u[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) s = __dp4a((int)((u[i] >> sh) & 0x0F0F0F0Fu), xi[i], s);
+        return xs.x * (d * sc * (float)s - dmin * mn * xs.y);
+    } else if constexpr (DT == MT_Q6_K) {
+        int sub = (int)(c & 7), half = sub >> 2, qq = sub & 3;
+        const uint8_t *b = row + (c >> 3) * 210;
+        const uint8_t *ql = b + 64 * half + (qq & 1) * 32, *qh = b + 128 + 32 * half;
+        const int8_t *scales = (const int8_t *)(b + 192) + 8 * half + 2 * qq;
+        int shl = (qq >> 1) * 4, shh = 2 * qq, s0 = 0, s1 = 0, x0 = 0, x1 = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int v = (int)((((uint32_t)ld32h(ql + 4 * i) >> shl) & 0x0F0F0F0Fu) |
+                          ((((uint32_t)ld32h(qh + 4 * i) >> shh) & 0x03030303u) << 4));
+            if (i < 4)
+                s0 = __dp4a(v, xi[i], s0), x0 = __dp4a(0x01010101, xi[i], x0);
+            else
+                s1 = __dp4a(v, xi[i], s1), x1 = __dp4a(0x01010101, xi[i], x1);
+        }
+        return h2f(ld16(b + 208)) * xs.x *
+               ((float)scales[0] * (float)(s0 - 32 * x0) + (float)scales[1] * (float)(s1 - 32 * x1));
+    } else {
+        return 0.0f;
+    }
+}
+
+#define MT_QX_DTYPES(X) X(MT_Q8_0) X(MT_Q5_0) X(MT_Q4_K) X(MT_Q6_K)
+
+static bool qx_dtype(mt_dtype dt) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("MT_CUDA_DP4A");
+        env = !(e && e[0] == '0');
+    }
+    return env && (dt == MT_Q8_0 || dt == MT_Q5_0 || dt == MT_Q4_K || dt == MT_Q6_K);
+}
+
+// Whether the int8 path takes this weight: its dtype, input width and row alignment.
+static bool qx_ok(const mt_tensor *w, int64_t k) {
+    size_t al = w->dtype == MT_Q4_K ? 16 : 2;
+    return qx_dtype(w->dtype) && k % 32 == 0 && k <= QX_MAX_K && w->nb[1] % al == 0 &&
+           ((uintptr_t)w->data % al) == 0 && qx_buf() == MT_OK;
+}
+
+static mt_status qx_quantize(const float *x, const float *nw, float eps, int64_t k) {
+    unsigned g = (unsigned)cdiv(k / 32, 8);
+    int8_t *q = (int8_t *)g_qx;
+    float2 *qs = (float2 *)(g_qx + QX_MAX_K);
+    if (nw)
+        k_quant_x<true><<<g, 256, 0, stream()>>>(x, nw, eps, k, q, qs);
+    else
+        k_quant_x<false><<<g, 256, 0, stream()>>>(x, nw, eps, k, q, qs);
+    return mt_cu_launched("quantize activations");
+}
+
 struct fused_mv {
     const uint8_t *W[3];
     size_t nb[3];
@@ -783,6 +948,8 @@ struct fused_mv {
     size_t knb1, knb2, knb3, vnb1, vnb2, vnb3;
     const int32_t *pos, *seq;
     double base;
+    const int8_t *xq; // int8 path: quantized (normalized) activations and their block {scale, sum}
+    const float2 *xs;
 };
 
 // Dot of one (R = 1) or two (R = 2) stored rows with x, reduced over the warp.
@@ -814,14 +981,34 @@ __device__ __forceinline__ void fm_dot(const uint8_t *w0, const uint8_t *w1, con
     if constexpr (R == 2) out[1] = warp_sum(a1);
 }
 
+// fm_dot on int8 activations: the chunk's 32 quants are loaded once for both rows.
+template <int DT, int R>
+__device__ __forceinline__ void qfm_dot(const uint8_t *w0, const uint8_t *w1, const int8_t *xq,
+                                        const float2 *xs, int64_t nc, int lane, int stride, float *out) {
+    float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 2
+    for (int64_t c = lane; c < nc; c += stride) {
+        const int4 *xp = (const int4 *)(xq + c * 32);
+        int4 v0 = xp[0], v1 = xp[1];
+        int xi[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+        float2 sc = xs[c];
+        a0 += qdot<DT>(w0, c, xi, sc);
+        if constexpr (R == 2) a1 += qdot<DT>(w1, c, xi, sc);
+    }
+    out[0] = warp_sum(a0);
+    if constexpr (R == 2) out[1] = warp_sum(a1);
+}
+
 // KS warps share one job (a row, or a row pair) and split its length: the narrow matrices (q/k/v, o_proj,
 // down at 0.5B: under a thousand rows) otherwise leave too few loads in flight to fill the memory system.
-template <int DT, int MODE, int KS> __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
+// QX: the activations come quantized (qx_quantize, norm included), so no block normalizes them again.
+template <int DT, int MODE, int KS, bool QX = false>
+__global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[FM_WARPS][2];
     constexpr int E = chunk<DT>::E;
     const float *x = p.x;
-    if constexpr (MODE != FM_RES) { // same arithmetic as k_rmsnorm, so both paths see the same inputs
+    if constexpr (MODE != FM_RES && !QX) { // same arithmetic as k_rmsnorm, so both paths see the same inputs
         float ss = 0.0f;
         for (int64_t i = threadIdx.x; i < p.k; i += blockDim.x) ss += p.x[i] * p.x[i];
         ss = block_sum(ss);
@@ -842,7 +1029,16 @@ template <int DT, int MODE, int KS> __global__ void __launch_bounds__(32 * FM_WA
     }
     bool live = job < jobs;
     float s[2] = {0.0f, 0.0f};
-    if (live) {
+    if (live && QX) {
+        if constexpr (MODE == FM_GLU)
+            qfm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], p.xq, p.xs, nc, lane + 32 * sub,
+                           32 * KS, s);
+        else if constexpr (MODE == FM_QKV)
+            qfm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], p.xq, p.xs, nc,
+                           lane + 32 * sub, 32 * KS, s);
+        else
+            qfm_dot<DT, 1>(p.W[0] + job * p.nb[0], NULL, p.xq, p.xs, nc, lane + 32 * sub, 32 * KS, s);
+    } else if (live) {
         if constexpr (MODE == FM_GLU)
             fm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], x, nc, lane + 32 * sub, 32 * KS, s);
         else if constexpr (MODE == FM_QKV)
@@ -911,7 +1107,31 @@ static bool fm_vec_ok(const void *p) {
     return ((uintptr_t)p & 15) == 0;
 }
 
-template <int MODE> static mt_status fm_launch(mt_dtype dt, const fused_mv &p, int64_t jobs) {
+template <int MODE> static mt_status fm_launch_qx(mt_dtype dt, fused_mv p, int64_t jobs) {
+    MT_TRY(qx_quantize(p.x, MODE == FM_RES ? NULL : p.norm_w, p.eps, p.k));
+    p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
+    bool split = jobs < 8192;
+    unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
+    switch (dt) {
+#define X(DT)                                                                                                \
+    case DT:                                                                                                 \
+        if (split)                                                                                           \
+            k_fused_mv<DT, MODE, FM_WARPS, true><<<g, 32 * FM_WARPS, 0, stream()>>>(p);                      \
+        else                                                                                                 \
+            k_fused_mv<DT, MODE, 1, true><<<g, 32 * FM_WARPS, 0, stream()>>>(p);                             \
+        break;
+        MT_QX_DTYPES(X)
+#undef X
+    default:
+        return mt_fail(MT_ERR_UNSUPPORTED, "cuda int8 matvec: no kernel for %s", mt_dtype_name(dt));
+    }
+    return mt_cu_launched("int8 matvec");
+}
+
+// w: one of the stage's weights (all share dtype and width).
+template <int MODE>
+static mt_status fm_launch(mt_dtype dt, const fused_mv &p, int64_t jobs, const mt_tensor *w = NULL) {
+    if (w && qx_ok(w, p.k)) return fm_launch_qx<MODE>(dt, p, jobs);
     // fewer jobs than ~16 warps per SM: split each job over all warps of a block
     bool split = jobs < 8192;
     unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
@@ -930,6 +1150,20 @@ template <int MODE> static mt_status fm_launch(mt_dtype dt, const fused_mv &p, i
         return mt_fail(MT_ERR_UNSUPPORTED, "cuda fused matvec: no kernel for %s", mt_dtype_name(dt));
     }
     return mt_cu_launched("fused matvec");
+}
+
+// One-token matmul of the per-op path on int8 activations: the head-mode fused kernel without a norm.
+static bool qx_matvec(const mt_node *nd, mt_status *st) {
+    const mt_tensor *w = nd->src[0], *x = nd->src[1];
+    if (!qx_ok(w, w->ne[0]) || x->ne[0] != w->ne[0]) return false;
+    fused_mv p;
+    memset(&p, 0, sizeof p);
+    p.W[0] = (const uint8_t *)w->data, p.nb[0] = w->nb[1], p.m[0] = w->ne[1];
+    p.b[0] = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
+    p.k = w->ne[0], p.x = (const float *)x->data, p.y = (float *)nd->dst->data;
+    p.norm_w = NULL;
+    *st = fm_launch_qx<FM_HEAD>(w->dtype, p, p.m[0]); // no norm: norm_w is NULL
+    return true;
 }
 
 // ---- split-KV attention for one token (flash decoding) ----------------------------------------------------
@@ -1108,7 +1342,8 @@ static mt_status stage_qkv(const mt_node *n) {
     p.kc = (char *)kc->data, p.knb1 = kc->nb[1], p.knb2 = kc->nb[2], p.knb3 = kc->nb[3];
     p.vc = (char *)vc->data, p.vnb1 = vc->nb[1], p.vnb2 = vc->nb[2], p.vnb3 = vc->nb[3];
     p.pos = n[4].p.pos, p.seq = n[4].p.seq, p.base = (double)n[4].p.freq_base;
-    return fm_launch<FM_QKV>(wq->dtype, p, (p.m[0] + p.m[1] + p.m[2]) / 2);
+    return fm_launch<FM_QKV>(wq->dtype, p, (p.m[0] + p.m[1] + p.m[2]) / 2,
+                             qx_ok(wk, k) && qx_ok(wv, k) ? wq : NULL);
 }
 
 static mt_status stage_attention(const mt_node *n) {
@@ -1144,7 +1379,7 @@ static mt_status stage_res(const mt_node *n) {
     memset(&p, 0, sizeof p);
     p.W[0] = (const uint8_t *)w->data, p.nb[0] = w->nb[1], p.b[0] = fptr(n[0].src[2]), p.m[0] = w->ne[1];
     p.k = k, p.x = fptr(x), p.res = fptr(a), p.y = (float *)n[1].dst->data;
-    return fm_launch<FM_RES>(w->dtype, p, p.m[0]);
+    return fm_launch<FM_RES>(w->dtype, p, p.m[0], w);
 }
 
 // norm (n[0]) + gate (n[1]) + up (n[2]) + swiglu (n[3]).
@@ -1162,7 +1397,7 @@ static mt_status stage_glu(const mt_node *n) {
     p.W[1] = (const uint8_t *)wu->data, p.nb[1] = wu->nb[1], p.m[1] = wu->ne[1];
     p.k = k, p.x = fptr(n[0].src[0]), p.norm_w = fptr(n[0].src[1]), p.eps = n[0].p.eps;
     p.y = (float *)n[3].dst->data;
-    return fm_launch<FM_GLU>(wg->dtype, p, p.m[0]);
+    return fm_launch<FM_GLU>(wg->dtype, p, p.m[0], qx_ok(wu, k) ? wg : NULL);
 }
 
 // norm (n[0]) + matmul (n[1]) whose only input is the norm: the output head.
@@ -1177,7 +1412,7 @@ static mt_status stage_head(const mt_node *n) {
     p.W[0] = (const uint8_t *)w->data, p.nb[0] = w->nb[1], p.b[0] = fptr(n[1].src[2]), p.m[0] = w->ne[1];
     p.k = k, p.x = fptr(n[0].src[0]), p.norm_w = fptr(n[0].src[1]), p.eps = n[0].p.eps;
     p.y = (float *)n[1].dst->data;
-    return fm_launch<FM_HEAD>(w->dtype, p, p.m[0]);
+    return fm_launch<FM_HEAD>(w->dtype, p, p.m[0], w);
 }
 
 static bool is_layer(const mt_node *n, int left) {
