@@ -41,6 +41,8 @@ for s in $STAGES; do
             $PY tools/gen_tiny_model.py "$MODELS/tiny-f16.gguf" --dtype f16 --layers 2 --seed 13 &&
             $PY tools/gen_tiny_model.py "$MODELS/tiny-q8.gguf" --dtype q8_0 --layers 2 --seed 14 --tied
         run "$BIN/test-cuda-ops" "$MODELS/tiny-f32.gguf" "$MODELS/tiny-f16.gguf" "$MODELS/tiny-q8.gguf"
+        note "tiny q8_0 model on the int8-activation decode kernels"
+        MT_CUDA_DP4A=1 run "$BIN/test-cuda-ops" "$MODELS/tiny-q8.gguf"
         ;;
     r05)
         note "random Qwen2.5-0.5B shapes (f16, q8_0): CUDA vs CPU logits and greedy tokens"

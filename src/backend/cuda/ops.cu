@@ -906,13 +906,11 @@ __device__ __forceinline__ float qdot(const uint8_t *row, int64_t c, const int *
 
 #define MT_QX_DTYPES(X) X(MT_Q8_0) X(MT_Q5_0) X(MT_Q4_K) X(MT_Q6_K)
 
+// Read at every launch decision (a few per layer while enqueuing or capturing), so a process can compare
+// both paths session by session.
 static bool qx_dtype(mt_dtype dt) {
-    static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("MT_CUDA_DP4A");
-        env = !(e && e[0] == '0');
-    }
-    return env && (dt == MT_Q8_0 || dt == MT_Q5_0 || dt == MT_Q4_K || dt == MT_Q6_K);
+    const char *e = getenv("MT_CUDA_DP4A");
+    return !(e && e[0] == '0') && (dt == MT_Q8_0 || dt == MT_Q5_0 || dt == MT_Q4_K || dt == MT_Q6_K);
 }
 
 // Whether the int8 path takes this weight: its dtype, input width and row alignment.
