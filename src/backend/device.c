@@ -130,14 +130,15 @@ static size_t align256(size_t n) {
 }
 
 // Visits every weight tensor of the model (input and output views in the same order).
+// clang-format off
 #define FOR_EACH_WEIGHT(w, L, X)                                                                             \
-    X(tok_embd) X(out_norm) for (int l_ = 0; l_ < n_layer; l_++) {                                           \
-        X(layers[l_].attn_norm)                                                                              \
-        X(layers[l_].wq)                                                                                     \
-        X(layers[l_].wk) X(layers[l_].wv) X(layers[l_].bq) X(layers[l_].bk) X(layers[l_].bv)                 \
-            X(layers[l_].wo) X(layers[l_].ffn_norm) X(layers[l_].w_gate) X(layers[l_].w_up)                  \
-                X(layers[l_].w_down)                                                                         \
+    X(tok_embd) X(out_norm)                                                                                  \
+    for (int l_ = 0; l_ < n_layer; l_++) {                                                                   \
+        X(layers[l_].attn_norm) X(layers[l_].wq) X(layers[l_].wk) X(layers[l_].wv)                          \
+        X(layers[l_].bq) X(layers[l_].bk) X(layers[l_].bv) X(layers[l_].wo) X(layers[l_].ffn_norm)           \
+        X(layers[l_].w_gate) X(layers[l_].w_up) X(layers[l_].w_down)                                         \
     }
+// clang-format on
 
 mt_status mt_device_weights_upload(mt_device_kind d, const mt_qwen2_weights *w, int n_layer,
                                    mt_qwen2_weights *out, void **blob, size_t *bytes) {
