@@ -14,6 +14,9 @@
 #include "../backend/cpu/matmul-fast.h"
 #include "../core/metrics.h"
 
+// From this many tokens a matmul stage runs in the kernels' prefill layout (see run_stage).
+#define GRAPH_PREFILL_TOKENS 8
+
 enum stage_kind { ST_NODE, ST_NORM, ST_MATMULS, ST_ROPE_KV, ST_SDPA };
 static const char *stage_name[] = {"node", "norm", "matmuls", "rope_kv", "sdpa"};
 
@@ -592,6 +595,23 @@ static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
         return;
     }
     case ST_MATMULS: {
+        if (w[s->idx[0]].src[1]->ne[1] >= GRAPH_PREFILL_TOKENS) {
+            // Prefill-sized batches: each matmul runs whole, split the way its kernel prefers (the fast
+            // kernel splits tokens and quantizes the activations once); splitting weight rows here would
+            // make every thread quantize every token.
+            for (int j = 0; j < s->n_idx; j++) {
+                const mt_node *mm = &w[s->idx[j]];
+                mt_op_cpu_impl(mm)(mm, ith, nth);
+            }
+            if (s->swiglu >= 0) {
+                const mt_node *sw = &w[s->swiglu];
+                long b, e;
+                mt_pool_barrier(ex->pool, nth); // gate and up complete for every token
+                mt_split((long)sw->dst->ne[0], ith, nth, &b, &e);
+                mt_cpu_swiglu_rows(sw->src[0], sw->src[1], sw->dst, b, e);
+            }
+            return;
+        }
         void *scr = ex->scratch ? ex->scratch + ex->scratch_per_thread * (size_t)ith : NULL;
         if (s->swiglu >= 0) {
             const mt_node *g = &w[s->idx[0]], *u = &w[s->idx[1]], *sw = &w[s->swiglu];
