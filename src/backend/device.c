@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../core/telemetry.h"
 #include "../exec/eager.h"
 #ifdef MT_CUDA
 #include "cuda/backend-cuda.h"
@@ -184,6 +185,11 @@ mt_status mt_device_weights_upload(mt_device_kind d, const mt_qwen2_weights *w, 
     }
     *blob = base;
     *bytes = total;
+#ifdef MT_CUDA
+    size_t used = 0, all = 0;
+    if (d == MT_DEVICE_CUDA && mt_cuda_mem_info(&used, &all) == MT_OK)
+        mt_tel_device_memory("cuda", used, all);
+#endif
     return MT_OK;
 }
 

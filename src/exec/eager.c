@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "../backend/cuda/backend-cuda.h"
 #include "../core/metrics.h"
 #include "../core/telemetry.h"
 
@@ -56,6 +57,16 @@ mt_status mt_eager_run_cuda(const mt_node *nodes, int n_nodes) {
         if (!d || !d->cuda)
             return mt_fail(MT_ERR_UNSUPPORTED, "node %d (%s): no CUDA kernel in this build", i,
                            mt_op_name(nodes[i].op));
+#ifdef MT_CUDA
+        if (mt_tel_profiling()) { // latency mode: each node timed with device events
+            double us = 0;
+            MT_TRY(mt_cuda_timer_begin());
+            MT_TRY(d->cuda(&nodes[i]));
+            MT_TRY(mt_cuda_timer_end(&us));
+            mt_tel_op(nodes[i].label ? nodes[i].label : d->name, "legacy", "cuda", us);
+            continue;
+        }
+#endif
         mt_status s = d->cuda(&nodes[i]);
         if (s != MT_OK) return s;
     }

@@ -32,6 +32,11 @@ mt_status mt_cuda_upload(void *dst, const void *src, size_t bytes);
 mt_status mt_cuda_download(void *dst, const void *src, size_t bytes);
 mt_status mt_cuda_copy(void *dst, const void *src, size_t bytes);
 mt_status mt_cuda_sync(void);
+// Latency mode: device-event timing of the launches between begin and end (end waits for them).
+mt_status mt_cuda_timer_begin(void);
+mt_status mt_cuda_timer_end(double *us);
+// Device memory in use and in all, for the DeviceMemory event.
+mt_status mt_cuda_mem_info(size_t *used, size_t *total);
 
 // Launches one node on the backend's stream (all tensors device-resident). Returns MT_ERR_UNSUPPORTED
 // for an op or dtype without a CUDA kernel; launch errors are reported by mt_cuda_sync.

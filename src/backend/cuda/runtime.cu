@@ -91,6 +91,41 @@ mt_status mt_cuda_sync(void) {
     return e == cudaSuccess ? MT_OK : MT_CU_FAIL(e, "kernel execution");
 }
 
+// Latency mode: a pair of device events around one node's launches (their elapsed time is the kernels'
+// own time on the stream, without the host's launch overhead).
+static cudaEvent_t g_ev[2];
+
+mt_status mt_cuda_timer_begin(void) {
+    MT_TRY(need_ctx("timer"));
+    for (int i = 0; i < 2; i++) {
+        if (g_ev[i]) continue;
+        cudaError_t e = cudaEventCreate(&g_ev[i]);
+        if (e != cudaSuccess) return MT_CU_FAIL(e, "event create");
+    }
+    cudaError_t e = cudaEventRecord(g_ev[0], g_ctx.stream);
+    return e == cudaSuccess ? MT_OK : MT_CU_FAIL(e, "event record");
+}
+
+mt_status mt_cuda_timer_end(double *us) {
+    cudaError_t e = cudaEventRecord(g_ev[1], g_ctx.stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(g_ev[1]);
+    float ms = 0;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, g_ev[0], g_ev[1]);
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "event timing");
+    *us = (double)ms * 1e3;
+    return MT_OK;
+}
+
+mt_status mt_cuda_mem_info(size_t *used, size_t *total) {
+    MT_TRY(need_ctx("memory info"));
+    size_t fr = 0, tot = 0;
+    cudaError_t e = cudaMemGetInfo(&fr, &tot);
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "memory info");
+    *used = tot - fr;
+    *total = tot;
+    return MT_OK;
+}
+
 mt_status mt_cuda_staging(void **buf, size_t *have, size_t need, const char *what) {
     if (need <= *have) return MT_OK;
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
