@@ -411,3 +411,16 @@ int cli_configure_backends(const cli_opts *o) {
     }
     return 0;
 }
+
+void cli_sampler_params(const cli_opts *o, const mt_sampler_params *defaults, mt_sampler_params *p) {
+    *p = *defaults;
+    const mt_sampler_params *f = &o->sampler;
+    unsigned set = o->sampler_set;
+    if (set & CLI_SET_TEMPERATURE) p->temperature = f->temperature;
+    if (set & CLI_SET_TOP_K) p->top_k = f->top_k;
+    if (set & CLI_SET_TOP_P) p->top_p = f->top_p;
+    if (set & CLI_SET_MIN_P) p->min_p = f->min_p;
+    if (set & CLI_SET_REPEAT_PENALTY) p->repeat_penalty = f->repeat_penalty;
+    if (set & CLI_SET_REPEAT_LAST_N) p->repeat_last_n = f->repeat_last_n;
+    if (set & CLI_SET_SEED) p->seed = f->seed;
+}

@@ -55,5 +55,7 @@ void cli_print_help(void);
 // Hands the backend flags to the process-wide registry (mt_registry_configure, which also checks every
 // METALLIC_FORCE_<OP>_BACKEND variable). Returns 0, or 2 after printing the one-line error.
 int cli_configure_backends(const cli_opts *o);
+// The model's generation defaults (`defaults`), then the sampler flags the user gave.
+void cli_sampler_params(const cli_opts *o, const mt_sampler_params *defaults, mt_sampler_params *p);
 
 #endif

@@ -110,18 +110,9 @@ static char *read_stdin(void) {
     return buf;
 }
 
-// The model's generation defaults, then the flags the user gave.
+// The model's generation defaults, then the flags the user gave, checked.
 static int sampler_params(const cli_opts *o, const mt_model *m, mt_sampler_params *p) {
-    *p = *mt_model_gen_params(m);
-    const mt_sampler_params *f = &o->sampler;
-    unsigned set = o->sampler_set;
-    if (set & CLI_SET_TEMPERATURE) p->temperature = f->temperature;
-    if (set & CLI_SET_TOP_K) p->top_k = f->top_k;
-    if (set & CLI_SET_TOP_P) p->top_p = f->top_p;
-    if (set & CLI_SET_MIN_P) p->min_p = f->min_p;
-    if (set & CLI_SET_REPEAT_PENALTY) p->repeat_penalty = f->repeat_penalty;
-    if (set & CLI_SET_REPEAT_LAST_N) p->repeat_last_n = f->repeat_last_n;
-    if (set & CLI_SET_SEED) p->seed = f->seed;
+    cli_sampler_params(o, mt_model_gen_params(m), p);
     if (mt_sampler_params_check(p) != MT_OK) return fail(mt_last_error());
     return 0;
 }

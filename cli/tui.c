@@ -105,20 +105,6 @@ static void worker_fail(tui_state *t, const char *what) {
     pthread_mutex_unlock(&t->mu);
 }
 
-// The model's generation defaults, then the flags the user gave (as `metallic run` does).
-static void sampler_params(const cli_opts *o, const mt_model *m, mt_sampler_params *p) {
-    *p = *mt_model_gen_params(m);
-    const mt_sampler_params *f = &o->sampler;
-    unsigned set = o->sampler_set;
-    if (set & CLI_SET_TEMPERATURE) p->temperature = f->temperature;
-    if (set & CLI_SET_TOP_K) p->top_k = f->top_k;
-    if (set & CLI_SET_TOP_P) p->top_p = f->top_p;
-    if (set & CLI_SET_MIN_P) p->min_p = f->min_p;
-    if (set & CLI_SET_REPEAT_PENALTY) p->repeat_penalty = f->repeat_penalty;
-    if (set & CLI_SET_REPEAT_LAST_N) p->repeat_last_n = f->repeat_last_n;
-    if (set & CLI_SET_SEED) p->seed = f->seed;
-}
-
 static void *worker(void *arg) {
     tui_state *t = arg;
     const cli_opts *o = t->o;
@@ -133,7 +119,7 @@ static void *worker(void *arg) {
         goto out;
     }
     mt_sampler_params sp;
-    sampler_params(o, m, &sp);
+    cli_sampler_params(o, mt_model_gen_params(m), &sp);
     mt_session_opts so = mt_session_default_opts();
     so.n_ctx = o->ctx;
     so.n_threads = o->threads;
