@@ -113,6 +113,8 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--model", default=REAL_MODEL)
     ap.add_argument("--no-real", action="store_true", help="skip the real-model case")
+    ap.add_argument("--fixtures-only", action="store_true",
+                    help="only write the tiny models into BUILD/fixtures (the C tests read them)")
     a = ap.parse_args()
     binary = os.path.join(a.build, "tests", "test-model")
     fixtures = os.path.join(a.build, "fixtures")
@@ -126,6 +128,8 @@ def main():
         report(p.returncode == 0, f"generate {name}", p.stderr.strip()[-300:] or "written")
         if p.returncode == 0:
             models.append((name, path, tol))
+    if a.fixtures_only:
+        return _t.summary()
 
     if not os.access(binary, os.X_OK):
         report(False, "engine", f"{binary} is not built")
