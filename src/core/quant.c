@@ -209,6 +209,12 @@ static const mt_dtype_info *info_checked(mt_dtype t, int64_t n, const char *what
 
 // Decodes `nb` consecutive blocks (or elements, for plain types) into y.
 static inline void decode_blocks(mt_dtype t, const uint8_t *b, float *y, int64_t nb) {
+    // block sizes come from the dtype table: one definition of each layout's size
+    const mt_dtype_info *di = mt_dtype_get(t);
+    const int be = di->block_elems, bb = di->block_bytes;
+#define DEC_LOOP(dec)                                                                                        \
+    for (int64_t i = 0; i < nb; i++) dec(b + bb * i, y + be * i);                                            \
+    break
     switch (t) {
     case MT_F32:
         memcpy(y, b, (size_t)nb * sizeof(float));
@@ -229,32 +235,25 @@ static inline void decode_blocks(mt_dtype t, const uint8_t *b, float *y, int64_t
         break;
     }
     case MT_Q8_0:
-        for (int64_t i = 0; i < nb; i++) dec_q8_0(b + 34 * i, y + QK * i);
-        break;
+        DEC_LOOP(dec_q8_0);
     case MT_Q4_0:
-        for (int64_t i = 0; i < nb; i++) dec_q4_0(b + 18 * i, y + QK * i);
-        break;
+        DEC_LOOP(dec_q4_0);
     case MT_Q4_1:
-        for (int64_t i = 0; i < nb; i++) dec_q4_1(b + 20 * i, y + QK * i);
-        break;
+        DEC_LOOP(dec_q4_1);
     case MT_Q5_0:
-        for (int64_t i = 0; i < nb; i++) dec_q5_0(b + 22 * i, y + QK * i);
-        break;
+        DEC_LOOP(dec_q5_0);
     case MT_Q5_1:
-        for (int64_t i = 0; i < nb; i++) dec_q5_1(b + 24 * i, y + QK * i);
-        break;
+        DEC_LOOP(dec_q5_1);
     case MT_Q4_K:
-        for (int64_t i = 0; i < nb; i++) dec_q4_k(b + 144 * i, y + QK_K * i);
-        break;
+        DEC_LOOP(dec_q4_k);
     case MT_Q5_K:
-        for (int64_t i = 0; i < nb; i++) dec_q5_k(b + 176 * i, y + QK_K * i);
-        break;
+        DEC_LOOP(dec_q5_k);
     case MT_Q6_K:
-        for (int64_t i = 0; i < nb; i++) dec_q6_k(b + 210 * i, y + QK_K * i);
-        break;
+        DEC_LOOP(dec_q6_k);
     default:
         MT_ABORT("dtype %d has no decoder", (int)t);
     }
+#undef DEC_LOOP
 }
 
 void mt_dequantize_row(mt_dtype t, const void *src, float *dst, int64_t n) {
