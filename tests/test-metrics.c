@@ -187,7 +187,7 @@ static void *spam(void *arg) {
     return NULL;
 }
 
-// A writer with two threads killed by SIGKILL mid-stream: every line in the file is a whole JSON object.
+// A writer with two threads killed by SIGKILL mid-stream: every complete line is a whole JSON object.
 static void test_kill9_whole_lines(void) {
     char path[512];
     snprintf(path, sizeof path, "%s/kill9.jsonl", tmpdir);
@@ -214,8 +214,12 @@ static void test_kill9_whole_lines(void) {
     int good = count_lines(path, &bad, &last);
     printf("    killed writer left %d lines, %d bad\n", good, bad);
     CHECK(good > 100, "only %d lines", good);
-    CHECK(bad == 0, "%d lines do not parse", bad);
-    CHECK(last == '\n', "file ends mid-line");
+    // Each event is one write(2), so no line is ever interleaved or cut by another. The kernel may still
+    // stop a write that spans a page boundary when SIGKILL arrives inside it: then, and only then, the
+    // file ends with one unterminated fragment, which readers drop. Every other line must be whole.
+    bool cut_tail = last != '\n';
+    CHECK(bad == (cut_tail ? 1 : 0), "%d lines do not parse (file %s mid-line)", bad,
+          cut_tail ? "ends" : "does not end");
 }
 
 static void test_ring_and_cursor(void) {
