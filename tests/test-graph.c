@@ -161,6 +161,54 @@ static void test_sdpa_parity(void) {
 
 static mt_registry reg_graph, reg_legacy;
 
+// Cache-mode attention (the model's form: positions and sequence slots, K/V read in place from the cache)
+// through the dispatcher's graph path at odd sizes: S new tokens at positions P..P+S-1 over a cache of
+// P+S rows, compared with the reference. hd % 8 == 0 takes the vectorized kernel, other widths the scalar
+// one; a pool of 3 threads deals an uneven number of (token, KV head) items.
+static void sdpa_cache_case(int hd, int H, int KV, int P, int S, int n_threads) {
+    const int L = P + S;
+    size_t nq = (size_t)hd * H * S, nk = (size_t)hd * KV * L;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4),
+          *r = malloc(nq * 4);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)S), *seq = calloc((size_t)S, sizeof(int32_t));
+    fill(q, nq), fill(k, nk), fill(v, nk);
+    memset(o, 0x7f, nq * 4);
+    for (int i = 0; i < S; i++) pos[i] = P + i;
+    mt_tensor tq = t4(q, hd, H, S, 1), tk = t4(k, hd, KV, L, 1), tv = t4(v, hd, KV, L, 1),
+              to = t4(o, hd, H, S, 1);
+    mt_node nd = {.op = MT_OP_ATTENTION, .src = {&tq, &tk, &tv}, .dst = &to, .p = {.pos = pos, .seq = seq}};
+    mt_pool *pl = pool;
+    if (n_threads != mt_pool_size(pool)) MT_ASSERT(mt_pool_create(n_threads, &pl) == MT_OK);
+    mt_exec *ex;
+    mt_exec_opts eo = {.pool = pl, .registry = &reg_graph};
+    MT_ASSERT(mt_exec_create(&eo, &ex) == MT_OK);
+    const mt_tensor *outs[1] = {&to};
+    mt_exec_step st = {&nd, 1, S, outs, 1, "sdpa"};
+    CHECK(mt_exec_run(ex, &st) == MT_OK, "%s", mt_last_error());
+    mt_exec_stats es;
+    mt_exec_get_stats(ex, &es);
+    CHECK(es.graph_segments == 1 && es.fallbacks == 0, "graph segments %llu, fallbacks %llu",
+          (unsigned long long)es.graph_segments, (unsigned long long)es.fallbacks);
+    ref_sdpa(q, k, v, NULL, r, hd, H, KV, S, L, 1, true);
+    float e = max_err(o, r, nq);
+    CHECK(e < 2e-5f, "hd %d H %d KV %d P %d S %d threads %d: graph vs reference max err %g", hd, H, KV, P, S,
+          n_threads, (double)e);
+    mt_exec_free(ex);
+    if (pl != pool) mt_pool_free(pl);
+    free(q), free(k), free(v), free(o), free(r), free(pos), free(seq);
+}
+
+static void test_sdpa_cache_mode(void) {
+    // Qwen 0.5B heads (14 query, 2 KV, hd 64) at an odd prefill, a prefill after a prefix, one decode row
+    sdpa_cache_case(64, 14, 2, 0, 37, 2);
+    sdpa_cache_case(64, 14, 2, 70, 133, 3);
+    sdpa_cache_case(64, 14, 2, 200, 1, 2);
+    sdpa_cache_case(128, 12, 2, 5, 29, 3); // hd 128: two 64-feature blocks
+    sdpa_cache_case(24, 6, 3, 9, 19, 2);   // hd 24: a 64-block remainder of three vectors
+    sdpa_cache_case(12, 4, 2, 3, 21, 2);   // hd 12: the scalar kernel
+    sdpa_cache_case(64, 9, 1, 0, 67, 3);   // a group of 9 heads: two sub-groups of at most 8
+}
+
 static void resolve(mt_registry *r, const char *backend) {
     mt_registry_opts o = {.backend = backend, .quiet = true};
     MT_ASSERT(mt_registry_resolve(r, &o) == MT_OK);
@@ -398,6 +446,7 @@ int main(int argc, char **argv) {
     resolve(&reg_graph, "graph");
     resolve(&reg_legacy, "legacy");
     test_sdpa_parity();
+    RUN(test_sdpa_cache_mode);
     RUN(test_decode_stream);
     RUN(test_builder_block);
     const char *tiny[3] = {"build/fixtures/tiny-f32-untied.gguf", "build/fixtures/tiny-q8_0-untied.gguf",

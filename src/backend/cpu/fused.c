@@ -116,6 +116,121 @@ mt_status mt_cpu_sdpa_check(const mt_sdpa_args *a) {
 #define SDPA_CHUNK 64 // keys scored per block (online softmax, nothing proportional to the context)
 #define SDPA_GROUP 8  // query heads of one KV group processed together
 
+#if defined(__AVX2__) && defined(__FMA__)
+// exp(x) for x <= 0 (scores minus their running max): 2^n * e^r with n = round(x / ln2), |r| <= ln2 / 2,
+// e^r by its Taylor series to r^6 (relative error ~2e-7); below -87 the result flushes to ~0.
+static inline __m256 exp_neg8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950409f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x); // ln 2, high bits exact
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-6f), r);     // ln 2, the rest
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 720), r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// Lane p of the result is the sum of the eight lanes of a[p].
+static inline __m256 sum8x8(const __m256 a[8]) {
+    const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+}
+
+// One (token, KV head) item without an additive mask: keys [lo, hi) at row stride ps (floats) from k and
+// v. Per block of keys, every query head of the group scores the block and accumulates its V rows while
+// the block is in L1: eight keys per step with their dot products reduced together, exponentials eight at
+// a time, V accumulated in registers 64 features at a time (hd % 8 == 0).
+static void sdpa_item_avx2(const float *const *qr, float *const *out, int64_t nh, const float *k,
+                           const float *v, size_t ps, int64_t lo, int64_t hi, int64_t hd, float scale) {
+    float sc[SDPA_CHUNK] __attribute__((aligned(32)));
+    float mx[SDPA_GROUP], sum[SDPA_GROUP];
+    for (int64_t h = 0; h < nh; h++) {
+        memset(out[h], 0, (size_t)hd * sizeof(float));
+        mx[h] = -INFINITY;
+        sum[h] = 0;
+    }
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int64_t j0 = lo; j0 < hi; j0 += SDPA_CHUNK) {
+        const int64_t jn = hi - j0 < SDPA_CHUNK ? hi - j0 : SDPA_CHUNK;
+        const float *kb = k + (size_t)j0 * ps, *vb = v + (size_t)j0 * ps;
+        for (int64_t h = 0; h < nh; h++) {
+            const float *q = qr[h];
+            int64_t j = 0;
+            __m256 cm = _mm256_set1_ps(-INFINITY);
+            for (; j + 8 <= jn; j += 8) {
+                __m256 a[8];
+                for (int p = 0; p < 8; p++) a[p] = _mm256_setzero_ps();
+                for (int64_t c = 0; c < hd; c += 8) {
+                    const __m256 qv = _mm256_loadu_ps(q + c);
+                    for (int p = 0; p < 8; p++)
+                        a[p] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + (size_t)(j + p) * ps + c), a[p]);
+                }
+                const __m256 s = _mm256_mul_ps(sum8x8(a), sv);
+                _mm256_store_ps(sc + j, s);
+                cm = _mm256_max_ps(cm, s);
+            }
+            float m8[8], cmx = -INFINITY;
+            _mm256_storeu_ps(m8, cm);
+            for (int p = 0; p < 8; p++) cmx = m8[p] > cmx ? m8[p] : cmx;
+            for (; j < jn; j++) {
+                sc[j] = dot(q, kb + (size_t)j * ps, hd) * scale;
+                cmx = sc[j] > cmx ? sc[j] : cmx;
+            }
+            if (cmx > mx[h]) { // a higher max rescales what was accumulated so far
+                if (mx[h] != -INFINITY) {
+                    const float r = expf(mx[h] - cmx);
+                    sum[h] *= r;
+                    scale_row(out[h], r, hd);
+                }
+                mx[h] = cmx;
+            }
+            const __m256 mv = _mm256_set1_ps(mx[h]);
+            __m256 s8 = _mm256_setzero_ps();
+            for (j = 0; j + 8 <= jn; j += 8) {
+                const __m256 e = exp_neg8(_mm256_sub_ps(_mm256_load_ps(sc + j), mv));
+                _mm256_store_ps(sc + j, e);
+                s8 = _mm256_add_ps(s8, e);
+            }
+            float t8[8];
+            _mm256_storeu_ps(t8, s8);
+            for (int p = 0; p < 8; p++) sum[h] += t8[p];
+            for (; j < jn; j++) {
+                sc[j] = expf(sc[j] - mx[h]);
+                sum[h] += sc[j];
+            }
+            float *o = out[h];
+            int64_t c0 = 0;
+            for (; c0 + 64 <= hd; c0 += 64) {
+                __m256 acc[8];
+                for (int c = 0; c < 8; c++) acc[c] = _mm256_loadu_ps(o + c0 + 8 * c);
+                for (j = 0; j < jn; j++) {
+                    const __m256 pj = _mm256_set1_ps(sc[j]);
+                    const float *vr = vb + (size_t)j * ps + c0;
+                    for (int c = 0; c < 8; c++)
+                        acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+                }
+                for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + c0 + 8 * c, acc[c]);
+            }
+            for (; c0 < hd; c0 += 8) {
+                __m256 acc = _mm256_loadu_ps(o + c0);
+                for (j = 0; j < jn; j++)
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(vb + (size_t)j * ps + c0),
+                                          acc);
+                _mm256_storeu_ps(o + c0, acc);
+            }
+        }
+    }
+    for (int64_t h = 0; h < nh; h++) // a row that sees no key at all keeps its zeros
+        if (sum[h] > 0) scale_row(out[h], 1.0f / sum[h], hd);
+}
+#endif
+
 void mt_cpu_sdpa(const mt_sdpa_args *a, int ith, int nth) {
     const mt_tensor *q = a->q, *kc = a->k, *vc = a->v;
     mt_tensor *dst = a->dst;
@@ -124,9 +239,14 @@ void mt_cpu_sdpa(const mt_sdpa_args *a, int ith, int nth) {
     const int64_t kv_len = a->kv_len ? a->kv_len : kc->ne[2];
     const float scale = a->scale != 0 ? a->scale : (float)(1.0 / sqrt((double)hd));
     float sc[SDPA_GROUP][SDPA_CHUNK], mx[SDPA_GROUP], sum[SDPA_GROUP];
-    long b, e;
-    mt_split((long)(n_q * B * KV), ith, nth, &b, &e);
-    for (long w = b; w < e; w++) {
+#if defined(__AVX2__) && defined(__FMA__)
+    const bool fast = hd % 8 == 0 && !a->mask && mt_cpu_fast_rows_ok() && kc->nb[2] == vc->nb[2] &&
+                      kc->nb[2] % sizeof(float) == 0;
+#endif
+    // Items dealt round-robin: causal rows grow with the token index, so contiguous ranges would leave
+    // the thread holding the last tokens most of the keys (3/4 of them for two threads).
+    const long total = (long)(n_q * B * KV);
+    for (long w = ith; w < total; w += nth) {
         const int64_t g = w % KV, tok = w / KV, i = tok % n_q, bb = tok / n_q;
         int64_t lo = 0, hi, slot;
         if (a->pos) {
@@ -138,6 +258,22 @@ void mt_cpu_sdpa(const mt_sdpa_args *a, int ith, int nth) {
         }
         if (a->lo && a->lo[i] > lo) lo = a->lo[i];
         if (a->hi && a->hi[i] < hi) hi = a->hi[i];
+#if defined(__AVX2__) && defined(__FMA__)
+        if (fast) {
+            const float *kr = mt_tensor_row(kc, g, 0, slot), *vr = mt_tensor_row(vc, g, 0, slot);
+            for (int64_t h0 = g * G; h0 < (g + 1) * G; h0 += SDPA_GROUP) {
+                const int64_t nh = (g + 1) * G - h0 < SDPA_GROUP ? (g + 1) * G - h0 : SDPA_GROUP;
+                const float *qr[SDPA_GROUP];
+                float *out[SDPA_GROUP];
+                for (int64_t h = 0; h < nh; h++) {
+                    qr[h] = mt_tensor_row(q, h0 + h, i, bb);
+                    out[h] = mt_tensor_row(dst, h0 + h, i, bb);
+                }
+                sdpa_item_avx2(qr, out, nh, kr, vr, kc->nb[2] / sizeof(float), lo, hi, hd, scale);
+            }
+            continue;
+        }
+#endif
         const float *mrow = a->mask ? (const float *)mt_tensor_row(a->mask, i, 0, 0) : NULL;
         for (int64_t h0 = g * G; h0 < (g + 1) * G; h0 += SDPA_GROUP) {
             const int64_t nh = (g + 1) * G - h0 < SDPA_GROUP ? (g + 1) * G - h0 : SDPA_GROUP;
@@ -250,11 +386,20 @@ void mt_cpu_add_rmsnorm_rows(mt_tensor *x, const mt_tensor *add, const float *w,
 static void rope_heads(mt_tensor *x, long t, int64_t c0, int64_t cn, const float *cs, const float *sn) {
     const int64_t half = x->ne[0] / 2;
     for (int64_t h = 0; h < x->ne[1]; h++) {
-        float *r = mt_tensor_row(x, h, t, 0);
-        for (int64_t j = 0; j < cn; j++) {
-            const float x0 = r[c0 + j], x1 = r[c0 + j + half];
-            r[c0 + j] = x0 * cs[j] - x1 * sn[j];
-            r[c0 + j + half] = x0 * sn[j] + x1 * cs[j];
+        float *r = (float *)mt_tensor_row(x, h, t, 0) + c0;
+        int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; j + 8 <= cn; j += 8) {
+            const __m256 x0 = _mm256_loadu_ps(r + j), x1 = _mm256_loadu_ps(r + j + half);
+            const __m256 c = _mm256_loadu_ps(cs + j), s = _mm256_loadu_ps(sn + j);
+            _mm256_storeu_ps(r + j, _mm256_fmsub_ps(x0, c, _mm256_mul_ps(x1, s)));
+            _mm256_storeu_ps(r + j + half, _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+        }
+#endif
+        for (; j < cn; j++) {
+            const float x0 = r[j], x1 = r[j + half];
+            r[j] = x0 * cs[j] - x1 * sn[j];
+            r[j + half] = x0 * sn[j] + x1 * cs[j];
         }
     }
 }
@@ -264,19 +409,24 @@ void mt_cpu_rope_kv_rows(mt_tensor *q, mt_tensor *k, const mt_tensor *v, mt_tens
     const int64_t hd = q->ne[0], half = hd / 2;
     const double base = freq_base;
     float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
-    for (long t = t0; t < t1; t++) {
-        // angles computed exactly as the reference rope does, so both paths rotate identically
-        for (int64_t c0 = 0; c0 < half; c0 += ROPE_CHUNK) {
-            const int64_t cn = half - c0 < ROPE_CHUNK ? half - c0 : ROPE_CHUNK;
+    double inv_freq[ROPE_CHUNK];
+    for (int64_t c0 = 0; c0 < half; c0 += ROPE_CHUNK) {
+        const int64_t cn = half - c0 < ROPE_CHUNK ? half - c0 : ROPE_CHUNK;
+        // frequencies once per chunk, angles per token exactly as the reference rope computes them, so
+        // both paths rotate identically
+        for (int64_t j = 0; j < cn; j++) inv_freq[j] = pow(base, -2.0 * (double)(c0 + j) / (double)hd);
+        for (long t = t0; t < t1; t++) {
             for (int64_t j = 0; j < cn; j++) {
-                const double theta = (double)pos[t] * pow(base, -2.0 * (double)(c0 + j) / (double)hd);
+                const double theta = (double)pos[t] * inv_freq[j];
                 cs[j] = (float)cos(theta);
                 sn[j] = (float)sin(theta);
             }
             rope_heads(q, t, c0, cn, cs, sn);
             if (k) rope_heads(k, t, c0, cn, cs, sn);
         }
-        const size_t row = (size_t)hd * sizeof(float);
+    }
+    const size_t row = (size_t)hd * sizeof(float);
+    for (long t = t0; t < t1; t++) {
         if (k && kc)
             for (int64_t h = 0; h < k->ne[1]; h++)
                 memcpy(mt_tensor_row(kc, h, pos[t], seq[t]), mt_tensor_row(k, h, t, 0), row);

@@ -36,7 +36,9 @@ typedef struct mt_sdpa_args {
 // Graph-level checks of an attention call (dtypes, shapes, GQA divisibility, mask extent); a status
 // naming the field and value, never an assert.
 mt_status mt_cpu_sdpa_check(const mt_sdpa_args *a);
-// Thread ith of nth does its share of the (token, KV head) items.
+// Thread ith of nth takes every nth (token, KV head) item, starting at ith (causal rows differ in length:
+// contiguous ranges would leave one thread most of the keys). Head dims that are a multiple of 8 without an
+// additive mask take the AVX2 kernel (8 keys per step, vector exp, V accumulated in registers).
 void mt_cpu_sdpa(const mt_sdpa_args *a, int ith, int nth);
 
 // Rows [r0, r1) of a matmul node (all tokens) with the fast kernel where it takes the node (scratch: at
