@@ -5,7 +5,9 @@
 //   cc -O2 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -pthread bench/bench-matmul.c
 //   build/libmetallic.a -lm -pthread -lcjson -o build/bench-matmul && build/bench-matmul
 // Options: -t DTYPE (one dtype), -n N (one token count), -j THREADS (one thread count), -s KxM (one shape),
-// -r (skip the reference), -b (fastest call instead of the mean)
+// -r (skip the reference), -b (fastest call instead of the mean), -p (repack Q8_0/Q5_0 weights for decode,
+// as a CPU session does), -c (cold: rotate over copies of the weights, >= 256 MB in all, so every call
+// streams them from DRAM as decode of a whole model does)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 
 #include "backend/cpu/cpu-features.h"
 #include "backend/cpu/matmul-fast.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/ops.h"
 #include "core/quant.h"
 #include "core/threadpool.h"
@@ -64,6 +67,14 @@ static void run_ref(void *ctx, int ith, int nth) {
 }
 
 static int best_of; // -b: report the fastest call instead of the mean (robust on a busy machine)
+// -c: weight copies the timed calls rotate over (the node's W points at the next one before each call)
+static uint8_t **copies;
+static int n_copies;
+
+static void next_copy(mt_node *node) {
+    static int i;
+    if (n_copies > 1) ((mt_tensor *)node->src[0])->data = copies[i++ % n_copies];
+}
 
 // Seconds per call: at least `min_reps` calls and `min_s` seconds after one warm-up call.
 static double time_it(mt_pool *pool, mt_pool_fn fn, mt_node *node, int min_reps, double min_s) {
@@ -71,6 +82,7 @@ static double time_it(mt_pool *pool, mt_pool_fn fn, mt_node *node, int min_reps,
     int reps = 0;
     double t0 = now(), el, best = 1e30;
     do {
+        next_copy(node);
         const double t1 = now();
         mt_pool_run(pool, fn, node);
         const double t2 = now();
@@ -83,7 +95,7 @@ static double time_it(mt_pool *pool, mt_pool_fn fn, mt_node *node, int min_reps,
 
 int main(int argc, char **argv) {
     const char *only_t = NULL;
-    int only_n = 0, only_j = 0, no_ref = 0;
+    int only_n = 0, only_j = 0, no_ref = 0, repack = 0, cold = 0;
     int64_t only_k = 0, only_m = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc)
@@ -96,10 +108,15 @@ int main(int argc, char **argv) {
             no_ref = 1;
         else if (!strcmp(argv[i], "-b"))
             best_of = 1;
+        else if (!strcmp(argv[i], "-p"))
+            repack = 1;
+        else if (!strcmp(argv[i], "-c"))
+            cold = 1;
         else if (!strcmp(argv[i], "-s") && i + 1 < argc &&
                  sscanf(argv[++i], "%lldx%lld", (long long *)&only_k, (long long *)&only_m) == 2) {
         } else {
-            fprintf(stderr, "usage: %s [-t dtype] [-n tokens] [-j threads] [-s KxM] [-r] [-b]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-t dtype] [-n tokens] [-j threads] [-s KxM] [-r] [-b] [-p] [-c]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -126,8 +143,13 @@ int main(int argc, char **argv) {
             if (k == 0 || (only_k && si > 0)) continue;
             if (k % mt_dtype_get(t)->block_elems) continue; // K-quants need k % 256 == 0
             const size_t rb = mt_dtype_row_bytes(t, k), wbytes = rb * (size_t)m;
-            uint8_t *w = malloc(wbytes);
-            fill(t, w, k, m);
+            n_copies = cold ? (int)((256u << 20) / wbytes) + 1 : 1;
+            copies = malloc((size_t)n_copies * sizeof *copies);
+            for (int c = 0; c < n_copies; c++) {
+                copies[c] = malloc(wbytes);
+                fill(t, copies[c], k, m);
+            }
+            uint8_t *w = copies[0];
             for (int ni = 0; ni < 2; ni++) {
                 const int64_t n = ns[ni];
                 if (only_n && n != only_n) continue;
@@ -140,6 +162,11 @@ int main(int argc, char **argv) {
                 mt_tensor_init(&X, MT_F32, 2, (int64_t[]){k, n}, x);
                 mt_tensor_init(&Y, MT_F32, 2, (int64_t[]){m, n}, y);
                 mt_node node = {.op = MT_OP_MATMUL, .src = {&W, &X, NULL}, .dst = &Y};
+                for (int c = 0; repack && c < n_copies; c++) {
+                    mt_tensor Wc = W;
+                    Wc.data = copies[c];
+                    if (mt_cpu_repack_tensor(&Wc, copies) != MT_OK) return 1;
+                }
                 for (int ji = 0; ji < 2; ji++) {
                     if (only_j && js[ji] != only_j) continue;
                     mt_pool *p = pools[js[ji]];
@@ -156,8 +183,10 @@ int main(int argc, char **argv) {
                     fflush(stdout);
                 }
                 free(x), free(y);
+                mt_cpu_repack_release(copies);
             }
-            free(w);
+            for (int c = 0; c < n_copies; c++) free(copies[c]);
+            free(copies);
         }
     }
     for (int j = 1; j <= 2; j++) mt_pool_free(pools[j]);

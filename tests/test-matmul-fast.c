@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu-features.h"
 #include "backend/cpu/matmul-fast.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/repack.h"
 #include "core/quant.h"
 #include "core/threadpool.h"
 #include "harness.h"
@@ -80,22 +81,42 @@ static void run_ref(void *ctx, int ith, int nth) {
 }
 
 // One case: fast vs reference at tolerance `tol`, outputs finite, guards intact.
-static void check_case(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *pool, bool use_bias, bool ex,
-                       double tol) {
+// With `repack`, the weights are rows v0..v0+m-1 of a parent of v0+m rows whose 8-row groups are repacked
+// for decode (repack.h), so views that start inside a group are covered.
+static void check_case_v(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *pool, bool use_bias, bool ex,
+                         double tol, bool repack, int64_t v0) {
     const size_t rb = mt_dtype_row_bytes(t, k);
-    uint8_t *wd = malloc(rb * (size_t)m);
+    uint8_t *parent = malloc(rb * (size_t)(m + v0)), *wd = parent + rb * (size_t)v0;
     float *xd = malloc((size_t)(k * n) * sizeof(float));
     float *bd = malloc((size_t)m * sizeof(float));
     float *ref = malloc((size_t)(m * n) * sizeof(float));
     float *outg = malloc((size_t)(m * n + 2 * GUARD) * sizeof(float));
-    fill_weights(t, wd, k, m);
+    fill_weights(t, parent, k, m + v0);
     for (int64_t i = 0; i < k * n; i++) xd[i] = rndf();
     for (int64_t i = 0; i < m; i++) bd[i] = rndf();
     memset(outg, 0xa5, (size_t)(m * n + 2 * GUARD) * sizeof(float));
     float *out = outg + GUARD;
 
     mt_tensor W, X, B, Dr, Df;
-    MT_ASSERT(mt_tensor_init(&W, t, 2, (int64_t[]){k, m}, wd) == MT_OK);
+    mt_tensor P;
+    MT_ASSERT(mt_tensor_init(&P, t, 2, (int64_t[]){k, m + v0}, parent) == MT_OK);
+    MT_ASSERT(mt_tensor_view_rows(&P, v0, m, &W) == MT_OK);
+    if (repack) {
+        const size_t before = mt_cpu_repack_bytes();
+        MT_ASSERT(mt_cpu_repack_tensor(&P, &P) == MT_OK);
+        const int64_t groups = (m + v0) / 8;
+        int64_t row0 = -1, rows = -1;
+        const uint8_t *pk = mt_cpu_repack_find(&W, &row0, &rows);
+        CHECK(mt_cpu_repack_bytes() - before == (size_t)groups * 8 * rb,
+              "%s: %zu packed bytes for %lld groups", mt_dtype_name(t), mt_cpu_repack_bytes() - before,
+              (long long)groups);
+        if (v0 < 8 * groups) {
+            CHECK(pk && row0 == v0 && rows == 8 * groups, "%s m=%lld v0=%lld: find gives row0 %lld rows %lld",
+                  mt_dtype_name(t), (long long)m, (long long)v0, (long long)row0, (long long)rows);
+        } else {
+            CHECK(!pk, "%s: no packed copy for rows past the last whole group", mt_dtype_name(t));
+        }
+    }
     MT_ASSERT(mt_tensor_init(&X, MT_F32, 2, (int64_t[]){k, n}, xd) == MT_OK);
     MT_ASSERT(mt_tensor_init(&B, MT_F32, 1, (int64_t[]){m}, bd) == MT_OK);
     MT_ASSERT(mt_tensor_init(&Dr, MT_F32, 2, (int64_t[]){m, n}, ref) == MT_OK);
@@ -142,7 +163,17 @@ static void check_case(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *poo
     CHECK(nmse <= tol, "%s k=%lld m=%lld n=%lld threads=%d: normalized error %.3g > %.3g", mt_dtype_name(t),
           (long long)k, (long long)m, (long long)n, nth, nmse, tol);
     free(jf.scratch);
-    free(wd), free(xd), free(bd), free(ref), free(outg);
+    if (repack) {
+        mt_cpu_repack_release(&P);
+        int64_t r0, rs;
+        CHECK(!mt_cpu_repack_find(&W, &r0, &rs), "released copy still found");
+    }
+    free(parent), free(xd), free(bd), free(ref), free(outg);
+}
+
+static void check_case(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *pool, bool use_bias, bool ex,
+                       double tol) {
+    check_case_v(t, k, m, n, pool, use_bias, ex, tol, false, 0);
 }
 
 static const mt_dtype k_types[] = {MT_F32,  MT_F16,  MT_BF16, MT_Q8_0, MT_Q4_0,
@@ -174,10 +205,28 @@ static void test_prefill(mt_dtype t, mt_pool *pool2) {
     check_case(t, kq ? 512 : 896, 67, 203, pool2, true, false, tol_for(t));
 }
 
+// Decode on repacked weights: rows not a multiple of 8, views starting inside a group, 1 and 2 threads,
+// and more than one token (which must ignore the packed copy).
+static void test_repacked(mt_dtype t, mt_pool *pool2) {
+    const int64_t ks[3] = {32, 224, 896}, ms[6] = {1, 5, 8, 37, 130, 203}, v0s[4] = {0, 3, 4, 8};
+    int c = 0;
+    for (int ki = 0; ki < 3; ki++)
+        for (int mi = 0; mi < 6; mi++)
+            for (int vi = 0; vi < 4; vi++, c++) {
+                // one output's error is one draw of the 8-bit activation noise: allow its spread
+                const double tol = ms[mi] < 8 ? 3 * tol_for(t) : tol_for(t);
+                check_case_v(t, ks[ki], ms[mi], 1, NULL, c & 1, false, tol, true, v0s[vi]);
+                check_case_v(t, ks[ki], ms[mi], 1, pool2, !(c & 1), c % 3 == 0, tol, true, v0s[vi]);
+            }
+    check_case_v(t, 896, 37, 3, pool2, true, false, tol_for(t), true, 4);
+    check_case_v(t, 896, 67, 203, pool2, true, false, tol_for(t), true, 0);
+}
+
 // The 151,936 x 896 output projection of Qwen2.5-0.5B (Q8_0 in its Q4_K_M file), decode and 3 tokens.
 static void test_vocab(mt_pool *pool2) {
     check_case(MT_Q8_0, 896, 151936, 1, pool2, false, false, 1e-4);
     check_case(MT_Q8_0, 896, 151936, 3, pool2, false, true, 1e-4);
+    check_case_v(MT_Q8_0, 896, 151936, 1, pool2, true, false, 1e-4, true, 0);
 }
 
 static void test_isa_api(void) {
@@ -224,6 +273,10 @@ int main(void) {
             snprintf(name, sizeof name, "%s/%s/prefill", mt_cpu_isa_name((mt_cpu_isa_level)l),
                      mt_dtype_name(k_types[i]));
             RUN_NAMED(name, test_prefill(k_types[i], pool2));
+            if (!mt_cpu_repack_supports(k_types[i])) continue;
+            snprintf(name, sizeof name, "%s/%s/repacked", mt_cpu_isa_name((mt_cpu_isa_level)l),
+                     mt_dtype_name(k_types[i]));
+            RUN_NAMED(name, test_repacked(k_types[i], pool2));
         }
         if (l == (int)best) RUN_NAMED("vocab 151936x896 q8_0", test_vocab(pool2));
     }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../backend/cpu/cpu-features.h"
+#include "../backend/cpu/repack.h"
 #include "../core/metrics.h"
 #include "../core/telemetry.h"
 #include "../exec/eager.h"
@@ -174,6 +175,7 @@ mt_status mt_model_load(const char *path, mt_model **out) {
 
 void mt_model_free(mt_model *m) {
     if (!m) return;
+    mt_cpu_repack_release(m);
     mt_model_source_free(&m->src);
     free(m);
 }
@@ -328,6 +330,26 @@ static void session_telemetry(const mt_session *s) {
 
 static mt_status device_setup(mt_session *s);
 
+// Decode copies of the Q8_0/Q5_0 matrices in the kernels' 8-row layout (backend/cpu/repack.h), once per
+// model (later sessions find them registered); METALLIC_REPACK=0 keeps decode on the mmap alone.
+static mt_status cpu_repack(const mt_model *m) {
+    const char *env = getenv("METALLIC_REPACK");
+    if ((env && !strcmp(env, "0")) || mt_cpu_isa() == MT_ISA_SCALAR) return MT_OK;
+    const mt_qwen2_weights *w = &m->src.weights;
+    const size_t before = mt_cpu_repack_bytes();
+    MT_TRY(mt_cpu_repack_tensor(&w->output, m));
+    for (int l = 0; l < m->src.config.n_layer; l++) {
+        const mt_qwen2_layer *L = &w->layers[l];
+        const mt_tensor *t[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) MT_TRY(mt_cpu_repack_tensor(t[i], m));
+    }
+    if (mt_metrics_enabled() && mt_cpu_repack_bytes() != before)
+        mt_metrics_emitf("WeightRepack", "\"bytes\":%llu,\"total_bytes\":%llu",
+                         (unsigned long long)(mt_cpu_repack_bytes() - before),
+                         (unsigned long long)mt_cpu_repack_bytes());
+    return MT_OK;
+}
+
 mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **out) {
     *out = NULL;
     mt_session_opts d = mt_session_default_opts();
@@ -366,6 +388,7 @@ mt_status mt_session_create(mt_model *m, const mt_session_opts *o, mt_session **
     }
     mt_status st = session_alloc(s);
     if (st == MT_OK && s->dev != MT_DEVICE_CPU) st = device_setup(s);
+    if (st == MT_OK && s->dev == MT_DEVICE_CPU) st = cpu_repack(m);
     if (st != MT_OK) {
         mt_session_free(s);
         return st;

@@ -1,0 +1,38 @@
+// Weight repacking for the one-token (decode) matvec kernels of matmul-kernels.inc.
+//
+// Q8_0 and Q5_0 weights are copied at session setup into groups of 8 interleaved rows, so the decode
+// inner loop is loads + integer dot products with one activation broadcast shared by 8 rows, and the 8
+// rows' scales convert to floats in one instruction. Same bytes as the stored blocks (a copy next to
+// the mmap, which prefill keeps reading). Per group of rows 8g..8g+7 and per 32-element block i:
+//   Q8_0 (272 bytes): 8 f16 scales (row order), then 8 chunks of 32 bytes; chunk c holds elements
+//        4c..4c+3 of row 0, then of row 1, ... row 7 (byte 4r + j = row r, element 4c + j).
+//   Q5_0 (176 bytes): 8 f16 scales, 32 bytes H, 128 bytes N. With u = q + 16 (0..31) in the chunk order
+//        above: bit c of H byte b is bit 4 of u in chunk c, byte b; N byte 32p + b holds the low nibble
+//        of chunk p in its low half and of chunk p + 4 in its high half.
+// Rows past the last whole group stay on the stored layout only. The registry maps a weight's data
+// pointer (or a row view inside it) to its packed copy; it is read by every decode matmul and written at
+// setup and teardown.
+#ifndef MT_REPACK_H
+#define MT_REPACK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../core/tensor.h"
+
+// Dtypes with a packed layout.
+bool mt_cpu_repack_supports(mt_dtype t);
+// Packs the whole 8-row groups of a contiguous 2-D weight and registers them under `owner`. No-op (MT_OK)
+// for dtypes without a packed layout, fewer than 8 rows, or data already registered.
+mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner);
+// Packed copy for weight `w` (a registered tensor or a row view inside one, same dtype and row size):
+// returns the packed bytes of the parent's group 0 (group g at + g * 8 * w->nb[1]) and sets *row0 to the
+// row of the parent where w starts and *rows to the parent rows covered by whole groups; NULL if none.
+const uint8_t *mt_cpu_repack_find(const mt_tensor *w, int64_t *row0, int64_t *rows);
+// Frees every packed copy registered under `owner`.
+void mt_cpu_repack_release(const void *owner);
+// Bytes held by packed copies (all owners).
+size_t mt_cpu_repack_bytes(void);
+
+#endif
