@@ -165,9 +165,11 @@ static void sdpa_item_avx2(const float *const *qr, float *const *out, int64_t nh
             __m256 cm = _mm256_set1_ps(-INFINITY);
             for (; j + 8 <= jn; j += 8) {
                 __m256 a[8];
+#pragma GCC unroll 8
                 for (int p = 0; p < 8; p++) a[p] = _mm256_setzero_ps();
                 for (int64_t c = 0; c < hd; c += 8) {
                     const __m256 qv = _mm256_loadu_ps(q + c);
+#pragma GCC unroll 8
                     for (int p = 0; p < 8; p++)
                         a[p] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + (size_t)(j + p) * ps + c), a[p]);
                 }
@@ -208,13 +210,16 @@ static void sdpa_item_avx2(const float *const *qr, float *const *out, int64_t nh
             int64_t c0 = 0;
             for (; c0 + 64 <= hd; c0 += 64) {
                 __m256 acc[8];
+#pragma GCC unroll 8
                 for (int c = 0; c < 8; c++) acc[c] = _mm256_loadu_ps(o + c0 + 8 * c);
                 for (j = 0; j < jn; j++) {
                     const __m256 pj = _mm256_set1_ps(sc[j]);
                     const float *vr = vb + (size_t)j * ps + c0;
+#pragma GCC unroll 8
                     for (int c = 0; c < 8; c++)
                         acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
                 }
+#pragma GCC unroll 8
                 for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + c0 + 8 * c, acc[c]);
             }
             for (; c0 < hd; c0 += 8) {
