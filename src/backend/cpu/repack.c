@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../../core/quant.h"
 
@@ -23,7 +24,12 @@ static int g_n, g_cap;
 static size_t g_bytes;
 
 bool mt_cpu_repack_supports(mt_dtype t) {
-    return t == MT_Q8_0 || t == MT_Q5_0;
+    return t == MT_Q8_0 || t == MT_Q5_0 || t == MT_Q4_K;
+}
+
+size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k) {
+    if (t == MT_Q4_K) return (size_t)(k / 256) * 1184;
+    return mt_cpu_repack_supports(t) ? 8 * mt_dtype_row_bytes(t, k) : 0;
 }
 
 static void pack_q8_0(const uint8_t *src, size_t nb1, int64_t nb, uint8_t *dst) {
@@ -31,26 +37,60 @@ static void pack_q8_0(const uint8_t *src, size_t nb1, int64_t nb, uint8_t *dst) 
         for (int r = 0; r < 8; r++) {
             const uint8_t *b = src + (size_t)r * nb1 + (size_t)i * 34;
             memcpy(dst + 2 * r, b, 2);
-            for (int e = 0; e < 32; e++) dst[16 + 32 * (e / 4) + 4 * r + e % 4] = b[2 + e];
+            for (int c = 0; c < 8; c++) memcpy(dst + 16 + 32 * c + 4 * r, b + 2 + 4 * c, 4);
         }
 }
 
 static void pack_q5_0(const uint8_t *src, size_t nb1, int64_t nb, uint8_t *dst) {
-    for (int64_t i = 0; i < nb; i++, dst += 8 * 22) {
-        memset(dst + 16, 0, 160);
+    for (int64_t i = 0; i < nb; i++, dst += 8 * 22)
         for (int r = 0; r < 8; r++) {
             const uint8_t *b = src + (size_t)r * nb1 + (size_t)i * 22;
             memcpy(dst + 2 * r, b, 2);
             uint32_t qh;
             memcpy(&qh, b + 2, 4);
-            for (int e = 0; e < 32; e++) {
-                const int lo = e < 16 ? b[6 + e] & 0xf : b[6 + e - 16] >> 4, hi = (qh >> e) & 1;
-                const int c = e / 4, pos = 4 * r + e % 4;
-                dst[16 + pos] |= (uint8_t)(hi << c);
-                dst[48 + 32 * (c & 3) + pos] |= (uint8_t)(lo << (c < 4 ? 0 : 4));
+            uint8_t lo[32];
+            for (int e = 0; e < 16; e++) lo[e] = b[6 + e] & 0xf, lo[e + 16] = b[6 + e] >> 4;
+            for (int j = 0; j < 4; j++) {
+                uint8_t h = 0; // bit c: fifth bit of element 4c + j
+                for (int c = 0; c < 8; c++) h |= (uint8_t)(((qh >> (4 * c + j)) & 1) << c);
+                dst[16 + 4 * r + j] = h;
+                for (int p = 0; p < 4; p++)
+                    dst[48 + 32 * p + 4 * r + j] = (uint8_t)(lo[4 * p + j] | lo[4 * (p + 4) + j] << 4);
             }
         }
+}
+
+// The 6-bit scale and min of sub-block j from the 12 packed bytes of a Q4_K super-block.
+static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63, *mn = s[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((s[j + 4] & 0xf) | (s[j - 4] >> 6) << 4);
+        *mn = (uint8_t)((s[j + 4] >> 4) | (s[j] >> 6) << 4);
     }
+}
+
+static void pack_q4_k(const uint8_t *src, size_t nb1, int64_t nsb, uint8_t *dst) {
+    for (int64_t i = 0; i < nsb; i++, dst += 1184)
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *b = src + (size_t)r * nb1 + (size_t)i * 144;
+            memcpy(dst + 2 * r, b, 2);
+            memcpy(dst + 16 + 2 * r, b + 2, 2);
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, mn;
+                k4_scale_min(b + 4, j, &sc, &mn);
+                dst[32 + 8 * j + r] = sc;
+                dst[96 + 16 * (j / 2) + 2 * r + j % 2] = mn;
+                const uint8_t *q = b + 16 + 32 * (j / 2); // sub-block j: low (even j) or high nibbles
+                uint8_t *o = dst + 160 + 128 * j;
+                for (int c = 0; c < 4; c++)
+                    for (int e = 0; e < 4; e++) {
+                        const int lo = j % 2 ? q[4 * c + e] >> 4 : q[4 * c + e] & 0xf;
+                        const int hi = j % 2 ? q[16 + 4 * c + e] >> 4 : q[16 + 4 * c + e] & 0xf;
+                        o[32 * c + 4 * r + e] = (uint8_t)(lo | hi << 4);
+                    }
+            }
+        }
 }
 
 // Entries are sorted by base: the last one starting at or before `data`, if `data` is inside it.
@@ -76,7 +116,7 @@ static const mm_packed *find_locked(const void *data) {
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     if (!mt_cpu_repack_supports(w->dtype) || w->ne[1] < 8 || w->ne[2] * w->ne[3] != 1) return MT_OK;
     const int64_t k = w->ne[0], rows = w->ne[1] / 8 * 8;
-    if (k % 32 || w->nb[1] != mt_dtype_row_bytes(w->dtype, k))
+    if (k % mt_dtype_get(w->dtype)->block_elems || w->nb[1] != mt_dtype_row_bytes(w->dtype, k))
         return mt_fail(MT_ERR_INVALID, "repack %s: rows of %lld elements not stored contiguously",
                        w->name ? w->name : "weight", (long long)k);
     pthread_rwlock_rdlock(&g_lock);
@@ -84,17 +124,24 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     pthread_rwlock_unlock(&g_lock);
     if (have) return MT_OK;
 
-    const size_t bytes = (size_t)rows * w->nb[1];
-    uint8_t *packed = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    const size_t gb = mt_cpu_repack_group_bytes(w->dtype, k), bytes = (size_t)(rows / 8) * gb;
+    // 2 MiB pages where the kernel gives them: the decode stream then crosses no 4 KiB page boundary
+    // (where hardware prefetchers stop) and needs 512x fewer TLB entries.
+    const size_t huge = (size_t)2 << 20, cap = (bytes + huge - 1) / huge * huge;
+    uint8_t *packed = aligned_alloc(huge, cap);
+    if (packed) madvise(packed, cap, MADV_HUGEPAGE);
     if (!packed)
         return mt_fail(MT_ERR_NOMEM, "repacked copy of %s (%zu bytes)", w->name ? w->name : "weight", bytes);
     const uint8_t *src = w->data;
     for (int64_t g = 0; g < rows / 8; g++) {
-        const size_t off = (size_t)g * 8 * w->nb[1];
+        const uint8_t *in = src + (size_t)g * 8 * w->nb[1];
+        uint8_t *out = packed + (size_t)g * gb;
         if (w->dtype == MT_Q8_0)
-            pack_q8_0(src + off, w->nb[1], k / 32, packed + off);
+            pack_q8_0(in, w->nb[1], k / 32, out);
+        else if (w->dtype == MT_Q5_0)
+            pack_q5_0(in, w->nb[1], k / 32, out);
         else
-            pack_q5_0(src + off, w->nb[1], k / 32, packed + off);
+            pack_q4_k(in, w->nb[1], k / 256, out);
     }
     pthread_rwlock_wrlock(&g_lock);
     if (g_n == g_cap) {

@@ -1,14 +1,18 @@
 // Weight repacking for the one-token (decode) matvec kernels of matmul-kernels.inc.
 //
-// Q8_0 and Q5_0 weights are copied at session setup into groups of 8 interleaved rows, so the decode
+// Q8_0, Q5_0 and Q4_K weights are copied at session setup into groups of 8 interleaved rows, so the decode
 // inner loop is loads + integer dot products with one activation broadcast shared by 8 rows, and the 8
-// rows' scales convert to floats in one instruction. Same bytes as the stored blocks (a copy next to
+// rows' scales convert to floats in one instruction. About the bytes of the stored blocks (a copy next to
 // the mmap, which prefill keeps reading). Per group of rows 8g..8g+7 and per 32-element block i:
 //   Q8_0 (272 bytes): 8 f16 scales (row order), then 8 chunks of 32 bytes; chunk c holds elements
 //        4c..4c+3 of row 0, then of row 1, ... row 7 (byte 4r + j = row r, element 4c + j).
 //   Q5_0 (176 bytes): 8 f16 scales, 32 bytes H, 128 bytes N. With u = q + 16 (0..31) in the chunk order
 //        above: bit c of H byte b is bit 4 of u in chunk c, byte b; N byte 32p + b holds the low nibble
 //        of chunk p in its low half and of chunk p + 4 in its high half.
+//   Q4_K (1184 bytes per 256-element super-block, +2.8%): 8 f16 d, 8 f16 dmin, 64 bytes of 6-bit
+//        scales (sub-block j, row r at 8j + r), 64 bytes of mins (row r's mins of sub-blocks 2q, 2q+1 at
+//        16q + 2r and + 1), then per sub-block j 128 bytes of nibbles as Q5_0's N (chunks of 4 elements
+//        of the sub-block, 8 rows each).
 // Rows past the last whole group stay on the stored layout only. The registry maps a weight's data
 // pointer (or a row view inside it) to its packed copy; it is read by every decode matmul and written at
 // setup and teardown.
@@ -26,9 +30,12 @@ bool mt_cpu_repack_supports(mt_dtype t);
 // Packs the whole 8-row groups of a contiguous 2-D weight and registers them under `owner`. No-op (MT_OK)
 // for dtypes without a packed layout, fewer than 8 rows, or data already registered.
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner);
+// Bytes of one packed group of 8 rows of k elements (0 for dtypes without a packed layout).
+size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k);
 // Packed copy for weight `w` (a registered tensor or a row view inside one, same dtype and row size):
-// returns the packed bytes of the parent's group 0 (group g at + g * 8 * w->nb[1]) and sets *row0 to the
-// row of the parent where w starts and *rows to the parent rows covered by whole groups; NULL if none.
+// returns the packed bytes of the parent's group 0 (group g at + g * mt_cpu_repack_group_bytes) and sets
+// *row0 to the row of the parent where w starts and *rows to the parent rows covered by whole groups; NULL if
+// none.
 const uint8_t *mt_cpu_repack_find(const mt_tensor *w, int64_t *row0, int64_t *rows);
 // Frees every packed copy registered under `owner`.
 void mt_cpu_repack_release(const void *owner);
