@@ -209,7 +209,7 @@ static void test_prefill(mt_dtype t, mt_pool *pool2) {
 // and more than one token (which must ignore the packed copy).
 static void test_repacked(mt_dtype t, mt_pool *pool2) {
     const uint64_t saved = rng; // its own draws: the other cases keep their inputs
-    const bool kq = t == MT_Q4_K;
+    const bool kq = t == MT_Q4_K || t == MT_Q6_K;
     const int64_t ks[3] = {kq ? 256 : 32, kq ? 768 : 224, kq ? 1280 : 896}, ms[6] = {1, 5, 8, 37, 130, 203},
                   v0s[4] = {0, 3, 4, 8};
     int c = 0;

@@ -24,11 +24,12 @@ static int g_n, g_cap;
 static size_t g_bytes;
 
 bool mt_cpu_repack_supports(mt_dtype t) {
-    return t == MT_Q8_0 || t == MT_Q5_0 || t == MT_Q4_K;
+    return t == MT_Q8_0 || t == MT_Q5_0 || t == MT_Q4_K || t == MT_Q6_K;
 }
 
 size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k) {
     if (t == MT_Q4_K) return (size_t)(k / 256) * 1184;
+    if (t == MT_Q6_K) return (size_t)(k / 256) * 1680;
     return mt_cpu_repack_supports(t) ? 8 * mt_dtype_row_bytes(t, k) : 0;
 }
 
@@ -93,6 +94,41 @@ static void pack_q4_k(const uint8_t *src, size_t nb1, int64_t nsb, uint8_t *dst)
         }
 }
 
+// The 256 quants (0..63, before the -32) of a Q6_K super-block in element order.
+static void k6_quants(const uint8_t *b, uint8_t *u) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        for (int l = 0; l < 32; l++) {
+            u[128 * h + l] = (uint8_t)((ql[l] & 0xf) | ((qh[l] >> 0) & 3) << 4);
+            u[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 0xf) | ((qh[l] >> 2) & 3) << 4);
+            u[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+            u[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
+        }
+    }
+}
+
+static void pack_q6_k(const uint8_t *src, size_t nb1, int64_t nsb, uint8_t *dst) {
+    for (int64_t i = 0; i < nsb; i++, dst += 1680) {
+        memset(dst, 0, 1680);
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *b = src + (size_t)r * nb1 + (size_t)i * 210;
+            memcpy(dst + 2 * r, b + 208, 2);
+            for (int j = 0; j < 16; j++) dst[16 + 16 * (j / 2) + 2 * r + j % 2] = b[192 + j];
+            uint8_t u[256];
+            k6_quants(b, u);
+            for (int j2 = 0; j2 < 8; j2++) {
+                uint8_t *o = dst + 144 + 192 * j2;
+                for (int c = 0; c < 8; c++)
+                    for (int e = 0; e < 4; e++) {
+                        const int v = u[32 * j2 + 4 * c + e], pos = 4 * r + e;
+                        o[32 * (c & 3) + pos] |= (uint8_t)((v & 0xf) << (c < 4 ? 0 : 4));
+                        o[128 + 32 * (c >> 2) + pos] |= (uint8_t)((v >> 4) << 2 * (c & 3));
+                    }
+            }
+        }
+    }
+}
+
 // Entries are sorted by base: the last one starting at or before `data`, if `data` is inside it.
 static int lower_locked(const uint8_t *p) {
     int lo = 0, hi = g_n; // first entry with base > p
@@ -140,8 +176,10 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
             pack_q8_0(in, w->nb[1], k / 32, out);
         else if (w->dtype == MT_Q5_0)
             pack_q5_0(in, w->nb[1], k / 32, out);
-        else
+        else if (w->dtype == MT_Q4_K)
             pack_q4_k(in, w->nb[1], k / 256, out);
+        else
+            pack_q6_k(in, w->nb[1], k / 256, out);
     }
     pthread_rwlock_wrlock(&g_lock);
     if (g_n == g_cap) {

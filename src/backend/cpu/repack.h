@@ -1,7 +1,7 @@
 // Weight repacking for the one-token (decode) matvec kernels of matmul-kernels.inc.
 //
-// Q8_0, Q5_0 and Q4_K weights are copied at session setup into groups of 8 interleaved rows, so the decode
-// inner loop is loads + integer dot products with one activation broadcast shared by 8 rows, and the 8
+// Q8_0, Q5_0, Q4_K and Q6_K weights are copied at session setup into groups of 8 interleaved rows, so the
+// decode inner loop is loads + integer dot products with one activation broadcast shared by 8 rows, and the 8
 // rows' scales convert to floats in one instruction. About the bytes of the stored blocks (a copy next to
 // the mmap, which prefill keeps reading). Per group of rows 8g..8g+7 and per 32-element block i:
 //   Q8_0 (272 bytes): 8 f16 scales (row order), then 8 chunks of 32 bytes; chunk c holds elements
@@ -13,6 +13,10 @@
 //        scales (sub-block j, row r at 8j + r), 64 bytes of mins (row r's mins of sub-blocks 2q, 2q+1 at
 //        16q + 2r and + 1), then per sub-block j 128 bytes of nibbles as Q5_0's N (chunks of 4 elements
 //        of the sub-block, 8 rows each).
+//   Q6_K (1680 bytes per super-block, the stored size): 8 f16 d, 128 bytes of int8 scales (row r's
+//        scales of sub-blocks 2q, 2q+1 at 16 + 16q + 2r and + 1), then per 32 elements 192 bytes: the low
+//        4 bits of the quants (0..63) as Q4_K's nibbles, and 64 bytes of their top 2 bits (chunk c, byte b
+//        at 32 * (c / 4) + b, bits 2 * (c % 4) and up).
 // Rows past the last whole group stay on the stored layout only. The registry maps a weight's data
 // pointer (or a row view inside it) to its packed copy; it is read by every decode matmul and written at
 // setup and teardown.
