@@ -51,6 +51,15 @@ mt_status mt_cuda_argmax_rows(const float *x, int d, int n, int32_t *out);
 // Sizes the GEMM staging for prefill batches of up to n_tok tokens of up to k inputs (call before capture).
 mt_status mt_cuda_reserve(int n_tok, int64_t k);
 
+// Prefill attention (prefill.cu): true when the flash kernel takes this attention node (9 or more tokens,
+// head dim 64 or 128, 16-byte aligned rows; MT_CUDA_FLASH=0 turns it off). Q K^T and P V run in F16 with
+// F32 accumulation.
+bool mt_cuda_flash_ok(const mt_node *n);
+mt_status mt_cuda_flash_attention(const mt_node *n);
+// Add, SwiGLU and rope over 9 or more rows (prefill.cu): launches and returns true (status in *st) when the
+// node's tensors are row-strided 2-D (rope: [hd, heads, n]); false leaves the node to the per-op kernel.
+bool mt_cuda_prefill_elementwise(const mt_node *n, mt_status *st);
+
 // Per-op launchers (the `cuda` slot of the op table).
 mt_status mt_cuda_op_embedding(const mt_node *n);
 mt_status mt_cuda_op_rmsnorm(const mt_node *n);

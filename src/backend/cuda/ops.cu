@@ -351,9 +351,13 @@ template <int OP> static mt_status binary(const mt_node *n, const char *what) {
 }
 
 mt_status mt_cuda_op_add(const mt_node *n) {
+    mt_status st;
+    if (mt_cuda_prefill_elementwise(n, &st)) return st; // many rows: prefill.cu
     return binary<0>(n, "add");
 }
 mt_status mt_cuda_op_swiglu(const mt_node *n) {
+    mt_status st;
+    if (mt_cuda_prefill_elementwise(n, &st)) return st;
     return binary<1>(n, "swiglu");
 }
 
@@ -380,6 +384,8 @@ mt_status mt_cuda_op_rope(const mt_node *n) {
     rows_t x = rows_of(n->src[0]);
     int64_t ntok = n->src[0]->ne[2];
     if (ntok == 0 || x.n == 0) return MT_OK;
+    mt_status st;
+    if (mt_cuda_prefill_elementwise(n, &st)) return st;
     k_rope<<<(unsigned)ntok, 128, 0, stream()>>>(x, rows_of(n->dst), n->p.pos, (double)n->p.freq_base);
     return mt_cu_launched("rope");
 }
@@ -533,6 +539,7 @@ mt_status mt_cuda_op_attention(const mt_node *n) {
     if (hd > ATT_MAX_HD)
         return mt_fail(MT_ERR_UNSUPPORTED, "cuda attention: head_dim %lld > %d", (long long)hd, ATT_MAX_HD);
     if (ntok == 0) return MT_OK;
+    if (mt_cuda_flash_ok(n)) return mt_cuda_flash_attention(n);
     float scale = n->p.scale != 0 ? n->p.scale : (float)(1.0 / sqrt((double)hd));
     kv_t kc = {(const char *)k->data, k->nb[1], k->nb[2], k->nb[3]};
     kv_t vc = {(const char *)v->data, v->nb[1], v->nb[2], v->nb[3]};
@@ -606,15 +613,39 @@ static void launch_matvec(const mt_tensor *w, const float *x, int64_t x_ld, cons
         k_matvec<DT, MV_MAX_TOK><<<g, b, 0, stream()>>>(W, w->nb[1], m, k, x, x_ld, bias, y, y_ld, n);
 }
 
-// x [k, n] F32 (row stride x_ld floats) -> dense F16 or BF16 [k, n].
-template <bool BF> __global__ void k_to_half(const float *x, int64_t x_ld, int64_t k, int64_t n, void *out) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= k * n) return;
-    float v = x[(i / k) * x_ld + i % k];
-    if (BF)
-        ((__nv_bfloat16 *)out)[i] = __float2bfloat16(v);
-    else
-        ((__half *)out)[i] = __float2half(v);
+// x [k, n] F32 (row stride x_ld floats) -> dense F16 or BF16 [k, n]: block row y takes token rows y,
+// y + gridDim.y, ...; a thread converts 4 elements (one 16-byte load when rows are 16-byte aligned).
+template <bool BF>
+__global__ void k_to_half(const float *x, int64_t x_ld, int64_t k, int64_t n, bool vec, void *out) {
+    int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= k) return;
+    for (int64_t r = blockIdx.y; r < n; r += gridDim.y) {
+        const float *xr = x + r * x_ld + i;
+        float v[4];
+        if (vec) {
+            float4 a = *(const float4 *)xr;
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        } else {
+            for (int j = 0; j < 4; j++) v[j] = i + j < k ? xr[j] : 0.0f;
+        }
+        if (BF) {
+            __nv_bfloat16 *o = (__nv_bfloat16 *)out + r * k + i;
+            if (vec) {
+                __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+                *(uint2 *)o = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
+            } else {
+                for (int j = 0; j < 4 && i + j < k; j++) o[j] = __float2bfloat16(v[j]);
+            }
+        } else {
+            __half *o = (__half *)out + r * k + i;
+            if (vec) {
+                __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
+                *(uint2 *)o = make_uint2(*(const uint32_t *)&a, *(const uint32_t *)&b);
+            } else {
+                for (int j = 0; j < 4 && i + j < k; j++) o[j] = __float2half(v[j]);
+            }
+        }
+    }
 }
 
 // rows [0, rows) of a stored matrix -> dense F16: each thread decodes one chunk into shared memory, then
@@ -653,8 +684,9 @@ __global__ void __launch_bounds__(DQ_THREADS)
 
 __global__ void k_add_bias(float *y, int64_t y_ld, int64_t m, int64_t n, const float *bias) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= m * n) return;
-    y[(i / m) * y_ld + i % m] += bias[i % m];
+    if (i >= m) return;
+    float b = bias[i];
+    for (int64_t r = blockIdx.y; r < n; r += gridDim.y) y[r * y_ld + i] += b;
 }
 
 mt_status mt_cuda_reserve(int n_tok, int64_t k) {
@@ -686,12 +718,12 @@ static mt_status matmul_gemm(const mt_node *nd) {
     } else {
         bool bf = w->dtype == MT_BF16;
         MT_TRY(mt_cuda_staging(&c->act16, &c->act16_bytes, (size_t)(k * n) * 2, "F16 activations"));
+        bool vec = k % 4 == 0 && x_ld % 4 == 0 && ((uintptr_t)x->data & 15) == 0;
+        dim3 cg((unsigned)cdiv(k, 4 * 256), (unsigned)(n < 65535 ? n : 65535));
         if (bf)
-            k_to_half<true>
-                <<<cdiv(k * n, 256), 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, c->act16);
+            k_to_half<true><<<cg, 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, vec, c->act16);
         else
-            k_to_half<false>
-                <<<cdiv(k * n, 256), 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, c->act16);
+            k_to_half<false><<<cg, 256, 0, c->stream>>>((const float *)x->data, x_ld, k, n, vec, c->act16);
         MT_TRY(mt_cu_launched("matmul: convert activations"));
         cudaDataType wt = bf ? CUDA_R_16BF : CUDA_R_16F;
         if (w->dtype == MT_F16 || bf) {
@@ -729,7 +761,8 @@ static mt_status matmul_gemm(const mt_node *nd) {
         }
     }
     if (nd->src[2]) {
-        k_add_bias<<<cdiv(m * n, 256), 256, 0, c->stream>>>(y, y_ld, m, n, (const float *)nd->src[2]->data);
+        dim3 bg((unsigned)cdiv(m, 256), (unsigned)(n < 65535 ? n : 65535));
+        k_add_bias<<<bg, 256, 0, c->stream>>>(y, y_ld, m, n, (const float *)nd->src[2]->data);
         MT_TRY(mt_cu_launched("matmul: bias"));
     }
     return MT_OK;
