@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/quant.h"
 #include "exec/eager.h"
 #include "exec/exec.h"
 #include "exec/graph.h"
@@ -375,6 +376,101 @@ static void test_builder_block(void) {
         free(bh), free(bo);
 }
 
+// A weight [k, m] of dtype t with random values (quantized row by row for the block types).
+static void *rand_weight(mt_dtype t, int64_t k, int64_t m, mt_tensor *out) {
+    const mt_dtype_info *di = mt_dtype_get(t);
+    const size_t row = (size_t)(k / di->block_elems) * (size_t)di->block_bytes;
+    uint8_t *w = malloc(row * (size_t)m);
+    float *f = malloc(sizeof(float) * (size_t)k);
+    for (int64_t r = 0; r < m; r++) {
+        fill(f, (size_t)k);
+        if (t == MT_F32)
+            memcpy(w + row * (size_t)r, f, row);
+        else
+            mt_quantize_row(t, f, w + row * (size_t)r, k);
+    }
+    free(f);
+    int64_t ne[2] = {k, m};
+    MT_ASSERT(mt_tensor_init(out, t, 2, ne, w) == MT_OK);
+    return w;
+}
+
+// Prefill-sized FFN blocks (rmsnorm, gate and up with the SwiGLU epilogue, down, residual) at odd token
+// counts: the matmul stages hand out token chunks (a thread that finishes its share takes the rest of
+// another's); compared with the same nodes run eagerly, with token claiming on and off
+// (METALLIC_GRAPH_STEAL=0), on 2 and 3 threads, F32 and Q8_0 weights.
+static void prefill_block_case(mt_dtype wt, int n, int n_threads, bool steal) {
+    const int d = 64, ff = 160;
+    mt_pool *pl = pool;
+    if (n_threads != mt_pool_size(pool)) MT_ASSERT(mt_pool_create(n_threads, &pl) == MT_OK);
+    float *x = malloc((size_t)d * n * 4), *wn = malloc((size_t)d * 4), *y = malloc((size_t)d * n * 4),
+          *ye = malloc((size_t)d * n * 4);
+    fill(x, (size_t)d * n), fill(wn, d);
+    mt_tensor tx, tn, tg, tu, td, ty;
+    int64_t ex_[2] = {d, n}, en[1] = {d};
+    mt_tensor_init(&tx, MT_F32, 2, ex_, x), mt_tensor_init(&tn, MT_F32, 1, en, wn);
+    mt_tensor_init(&ty, MT_F32, 2, ex_, y);
+    void *wg = rand_weight(wt, d, ff, &tg), *wu = rand_weight(wt, d, ff, &tu),
+         *wd = rand_weight(wt, ff, d, &td);
+    mt_graph *g;
+    mt_gval vx, vn, vg, vu, vd, a, b, c, h, o, r;
+    MT_ASSERT(mt_graph_create(&g) == MT_OK);
+    mt_graph_input(g, "x", &tx, &vx), mt_graph_input(g, "norm", &tn, &vn);
+    mt_graph_input(g, "gate", &tg, &vg), mt_graph_input(g, "up", &tu, &vu),
+        mt_graph_input(g, "down", &td, &vd);
+    CHECK(mt_graph_rmsnorm(g, vx, vn, 1e-6f, &a) == MT_OK &&
+              mt_graph_matmul(g, vg, a, MT_GVAL_NONE, &b) == MT_OK &&
+              mt_graph_matmul(g, vu, a, MT_GVAL_NONE, &c) == MT_OK && mt_graph_swiglu(g, b, c, &h) == MT_OK &&
+              mt_graph_matmul(g, vd, h, MT_GVAL_NONE, &o) == MT_OK && mt_graph_add(g, o, vx, &r) == MT_OK &&
+              mt_graph_output(g, r, "y", &ty) == MT_OK,
+          "%s", mt_last_error());
+    if (!steal) setenv("METALLIC_GRAPH_STEAL", "0", 1);
+    mt_graph_exec *e = NULL;
+    CHECK(mt_graph_compile(g, pl, &e) == MT_OK, "%s", mt_last_error());
+    unsetenv("METALLIC_GRAPH_STEAL");
+    float *ba = malloc((size_t)d * n * 4), *bb = malloc((size_t)ff * n * 4), *bc = malloc((size_t)ff * n * 4),
+          *bh = malloc((size_t)ff * n * 4), *bo = malloc((size_t)d * n * 4);
+    int64_t ef[2] = {ff, n};
+    mt_tensor ta, tb, tc, th, to, tye;
+    mt_tensor_init(&ta, MT_F32, 2, ex_, ba), mt_tensor_init(&tb, MT_F32, 2, ef, bb);
+    mt_tensor_init(&tc, MT_F32, 2, ef, bc), mt_tensor_init(&th, MT_F32, 2, ef, bh);
+    mt_tensor_init(&to, MT_F32, 2, ex_, bo), mt_tensor_init(&tye, MT_F32, 2, ex_, ye);
+    mt_node nd[6] = {
+        {.op = MT_OP_RMSNORM, .src = {&tx, &tn}, .dst = &ta, .p = {.eps = 1e-6f}},
+        {.op = MT_OP_MATMUL, .src = {&tg, &ta}, .dst = &tb},
+        {.op = MT_OP_MATMUL, .src = {&tu, &ta}, .dst = &tc},
+        {.op = MT_OP_SWIGLU, .src = {&tb, &tc}, .dst = &th},
+        {.op = MT_OP_MATMUL, .src = {&td, &th}, .dst = &to},
+        {.op = MT_OP_ADD, .src = {&to, &tx}, .dst = &tye},
+    };
+    for (int rep = 0; rep < 3 && e; rep++) { // repeated runs: the token spans are set again each run
+        fill(x, (size_t)d * n);
+        memset(y, 0x7f, (size_t)d * n * 4);
+        CHECK(mt_graph_exec_run(e, pl) == MT_OK && mt_eager_run(nd, 6, pl) == MT_OK, "%s", mt_last_error());
+        float err = max_err(y, ye, (size_t)d * n), mx = 0;
+        for (size_t i = 0; i < (size_t)d * n; i++) mx = fmaxf(mx, fabsf(ye[i]));
+        CHECK(err <= 1e-5f * fmaxf(1.0f, mx),
+              "%s n %d threads %d steal %d run %d: graph vs eager max err %g (max %g)", mt_dtype_name(wt), n,
+              n_threads, steal, rep, (double)err, (double)mx);
+    }
+    mt_graph_exec_free(e);
+    mt_graph_free(g);
+    if (pl != pool) mt_pool_free(pl);
+    free(x), free(wn), free(y), free(ye), free(wg), free(wu), free(wd), free(ba), free(bb), free(bc),
+        free(bh), free(bo);
+}
+
+static void test_prefill_blocks(void) {
+    const int ns[4] = {8, 37, 133, 300};
+    for (int i = 0; i < 4; i++)
+        for (int t = 2; t <= 3; t++) {
+            prefill_block_case(MT_F32, ns[i], t, true);
+            prefill_block_case(MT_Q8_0, ns[i], t, true);
+        }
+    prefill_block_case(MT_Q8_0, 133, 3, false);
+    prefill_block_case(MT_F32, 37, 2, false);
+}
+
 // Whole-model logits: a prompt prefill then decode steps, graph vs legacy sessions.
 static void model_parity(const char *path, int n_prompt, int n_decode, float tol) {
     mt_model *m;
@@ -449,6 +545,7 @@ int main(int argc, char **argv) {
     RUN(test_sdpa_cache_mode);
     RUN(test_decode_stream);
     RUN(test_builder_block);
+    RUN(test_prefill_blocks);
     const char *tiny[3] = {"build/fixtures/tiny-f32-untied.gguf", "build/fixtures/tiny-q8_0-untied.gguf",
                            "build/fixtures/tiny-f16-untied.gguf"};
     for (int i = 0; i < 3; i++) {

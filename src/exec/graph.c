@@ -6,6 +6,7 @@
 #include "graph.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,9 @@
 
 // From this many tokens a matmul stage runs in the kernels' prefill layout (see run_stage).
 #define GRAPH_PREFILL_TOKENS 8
+// Tokens an owner takes from its own share per kernel call in a prefill matmul stage: the kernels' largest
+// cache block, so a share is streamed in as many weight passes as one whole call would need.
+#define GRAPH_OWN_CHUNK 64
 
 enum stage_kind { ST_NODE, ST_NORM, ST_MATMULS, ST_ROPE_KV, ST_SDPA };
 static const char *stage_name[] = {"node", "norm", "matmuls", "rope_kv", "sdpa"};
@@ -44,6 +48,11 @@ struct mt_graph_exec {
     int n_threads;
     uint8_t *scratch; // per-thread matmul activation scratch
     size_t scratch_per_thread;
+    // prefill matmul stages: per (stage, thread) the still unclaimed tokens [front, back) of the thread's
+    // share, packed front << 32 | back; set before each run, claimed from the front by the owner and from
+    // the back by threads that finished their own share
+    _Atomic uint64_t *spans;
+    bool steal; // METALLIC_GRAPH_STEAL=0 turns the claiming off (each thread does its static share)
     int rows_cap;
     // per-run working copies of the nodes with planned buffers substituted
     mt_node *w;
@@ -520,6 +529,13 @@ mt_status mt_graph_compile_nodes(const mt_node *nodes, const mt_gext *ext, int n
         ex->arena = aligned_alloc(64, ex->arena_bytes);
         if (!ex->arena) stt = mt_fail(MT_ERR_NOMEM, "graph arena of %zu bytes", ex->arena_bytes);
     }
+    const char *steal = getenv("METALLIC_GRAPH_STEAL");
+    ex->steal = !(steal && strcmp(steal, "0") == 0);
+    if (stt == MT_OK && o->n_threads > 1) {
+        ex->spans =
+            mt_calloc((size_t)ex->n_st * (size_t)o->n_threads, sizeof *ex->spans, "graph token spans");
+        if (!ex->spans) stt = MT_ERR_NOMEM;
+    }
     if (stt == MT_OK && ex->scratch_per_thread) {
         ex->scratch = aligned_alloc(64, ex->scratch_per_thread * (size_t)o->n_threads);
         if (!ex->scratch)
@@ -546,6 +562,7 @@ void mt_graph_exec_free(mt_graph_exec *ex) {
     free(ex->buf_size);
     free(ex->arena);
     free(ex->scratch);
+    free((void *)ex->spans);
     free(ex->w);
     free(ex->wt);
     free(ex->wext);
@@ -572,6 +589,46 @@ void mt_graph_exec_dump(const mt_graph_exec *ex, FILE *f) {
 
 // ---- executor ----
 
+// Claims tokens of thread t's span in stage s: up to GRAPH_OWN_CHUNK from the front for the owner, half of
+// what is left (a multiple of 4 tokens) from the back for another thread. False when nothing is left.
+static bool claim_tokens(mt_graph_exec *ex, int s, int t, bool own, long *c0, long *c1) {
+    _Atomic uint64_t *sp = &ex->spans[(size_t)s * (size_t)ex->n_threads + (size_t)t];
+    uint64_t v = atomic_load_explicit(sp, memory_order_relaxed);
+    for (;;) {
+        const long f = (long)(v >> 32), b = (long)(v & 0xffffffffu);
+        if (f >= b) return false;
+        long n = own ? GRAPH_OWN_CHUNK : ((b - f + 1) / 2 + 3) & ~3L;
+        n = n < b - f ? n : b - f;
+        *c0 = own ? f : b - n;
+        *c1 = own ? f + n : b;
+        const uint64_t nv =
+            own ? (uint64_t)(f + n) << 32 | (uint64_t)b : (uint64_t)f << 32 | (uint64_t)(b - n);
+        if (atomic_compare_exchange_weak_explicit(sp, &v, nv, memory_order_relaxed, memory_order_relaxed))
+            return true;
+    }
+}
+
+static void token_view(mt_tensor *v, const mt_tensor *t, long t0, long t1) {
+    *v = *t;
+    v->ne[1] = t1 - t0;
+    v->data = (char *)t->data + (size_t)t0 * t->nb[1];
+}
+
+// Tokens [t0, t1) of every matmul of a prefill stage, then its SwiGLU epilogue on those tokens (gate and up
+// of a token are complete once its own chunk is: no barrier).
+static void matmul_chunk(mt_graph_exec *ex, const stage *s, long t0, long t1, void *scr) {
+    const mt_node *w = ex->w;
+    for (int j = 0; j < s->n_idx; j++) mt_cpu_matmul_tokens(&w[s->idx[j]], t0, t1, scr);
+    if (s->swiglu >= 0) {
+        const mt_node *sw = &w[s->swiglu];
+        mt_tensor g, u, y;
+        token_view(&g, sw->src[0], t0, t1);
+        token_view(&u, sw->src[1], t0, t1);
+        token_view(&y, sw->dst, t0, t1);
+        mt_cpu_swiglu_rows(&g, &u, &y, 0, (long)y.ne[0]);
+    }
+}
+
 static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
     mt_node *w = ex->w;
     switch (s->kind) {
@@ -595,10 +652,24 @@ static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
         return;
     }
     case ST_MATMULS: {
+        if (w[s->idx[0]].src[1]->ne[1] >= GRAPH_PREFILL_TOKENS && nth > 1 && ex->steal) {
+            // Prefill-sized batches: tokens split between threads as the kernels split them (each thread
+            // quantizes only its own tokens), claimed in chunks so that a thread that finishes early (the
+            // other one descheduled, or slower) takes the rest of another's share instead of waiting at
+            // the barrier.
+            void *scr = ex->scratch ? ex->scratch + ex->scratch_per_thread * (size_t)ith : NULL;
+            const int si = (int)(s - ex->st);
+            long c0, c1;
+            while (claim_tokens(ex, si, ith, true, &c0, &c1)) matmul_chunk(ex, s, c0, c1, scr);
+            for (int k = 1; k < nth; k++)
+                while (claim_tokens(ex, si, (ith + k) % nth, false, &c0, &c1))
+                    matmul_chunk(ex, s, c0, c1, scr);
+            return;
+        }
         if (w[s->idx[0]].src[1]->ne[1] >= GRAPH_PREFILL_TOKENS) {
-            // Prefill-sized batches: each matmul runs whole, split the way its kernel prefers (the fast
-            // kernel splits tokens and quantizes the activations once); splitting weight rows here would
-            // make every thread quantize every token.
+            // Prefill-sized batches without claiming: each matmul runs whole, split the way its kernel
+            // prefers (the fast kernel splits tokens and quantizes the activations once); splitting weight
+            // rows here would make every thread quantize every token.
             for (int j = 0; j < s->n_idx; j++) {
                 const mt_node *mm = &w[s->idx[j]];
                 mt_op_cpu_impl(mm)(mm, ith, nth);
@@ -708,7 +779,20 @@ mt_status mt_graph_exec_run_nodes(mt_graph_exec *ex, const mt_node *nodes, const
     }
     ex->mask = mask;
     ex->pool = pool;
-    mt_pool_run(pool, run_region, ex);
+    const int nth = mt_pool_size(pool);
+    if (ex->spans && nth > 1)
+        for (int s = 0; s < ex->n_st; s++) {
+            const stage *st = &ex->st[s];
+            if (st->kind != ST_MATMULS || ex->w[st->idx[0]].src[1]->ne[1] < GRAPH_PREFILL_TOKENS) continue;
+            const long n = (long)ex->w[st->idx[0]].src[1]->ne[1];
+            for (int t = 0; t < nth; t++) {
+                long b, e;
+                mt_split(n, t, nth, &b, &e);
+                atomic_store_explicit(&ex->spans[(size_t)s * (size_t)ex->n_threads + (size_t)t],
+                                      (uint64_t)b << 32 | (uint64_t)e, memory_order_relaxed);
+            }
+        }
+    mt_pool_run(pool, run_region, ex); // publishes the spans (the pool's start is sequentially consistent)
     return MT_OK;
 }
 

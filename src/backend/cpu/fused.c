@@ -351,6 +351,23 @@ void mt_cpu_matmul_rows(const mt_node *mm, long r0, long r1, void *scratch) {
         mt_cpu_matmul_fast_ex(&sub, 0, 1, scratch);
 }
 
+void mt_cpu_matmul_tokens(const mt_node *mm, long t0, long t1, void *scratch) {
+    if (t0 >= t1) return;
+    mt_tensor x = *mm->src[1], d = *mm->dst;
+    x.ne[1] = t1 - t0;
+    x.data = (char *)x.data + (size_t)t0 * x.nb[1];
+    d.ne[1] = t1 - t0;
+    d.data = (char *)d.data + (size_t)t0 * d.nb[1];
+    mt_node sub = *mm;
+    sub.src[1] = &x;
+    sub.dst = &d;
+    mt_op_impl impl = mt_op_cpu_impl(mm);
+    if (impl == mt_cpu_op_matmul || !scratch)
+        impl(&sub, 0, 1);
+    else
+        mt_cpu_matmul_fast_ex(&sub, 0, 1, scratch);
+}
+
 void mt_cpu_swiglu_rows(const mt_tensor *gate, const mt_tensor *up, mt_tensor *dst, long r0, long r1) {
     const bool fast = mt_cpu_fast_rows_ok();
     for (int64_t t = 0; t < gate->ne[1]; t++) {

@@ -44,6 +44,9 @@ void mt_cpu_sdpa(const mt_sdpa_args *a, int ith, int nth);
 // Rows [r0, r1) of a matmul node (all tokens) with the fast kernel where it takes the node (scratch: at
 // least mt_cpu_matmul_fast_scratch_bytes(W dtype, k, n) bytes of this thread's own), else the reference.
 void mt_cpu_matmul_rows(const mt_node *mm, long r0, long r1, void *scratch);
+// Tokens [t0, t1) of a matmul node (all rows), as one call of the kernel on that slice of x and dst (the
+// fast kernel quantizes only those tokens); scratch as for mt_cpu_matmul_rows, sized for t1 - t0 tokens.
+void mt_cpu_matmul_tokens(const mt_node *mm, long t0, long t1, void *scratch);
 // silu(gate) * up for feature rows [r0, r1) of every token (gate, up, dst [f, n]).
 void mt_cpu_swiglu_rows(const mt_tensor *gate, const mt_tensor *up, mt_tensor *dst, long r0, long r1);
 // Tokens [t0, t1): x += add (when add != NULL), then y = rmsnorm(x) * w, in one pass over each row.
