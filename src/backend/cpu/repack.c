@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "../../core/quant.h"
+#include "../../core/threadpool.h"
 
 typedef struct {
     const uint8_t *base; // the stored tensor's first byte
@@ -129,6 +131,39 @@ static void pack_q6_k(const uint8_t *src, size_t nb1, int64_t nsb, uint8_t *dst)
     }
 }
 
+typedef struct {
+    const mt_tensor *w;
+    const uint8_t *src;
+    uint8_t *dst;
+    size_t gb;
+    long g0, g1; // groups [g0, g1)
+} pack_job;
+
+static void *pack_run(void *arg) {
+    const pack_job *j = arg;
+    const size_t nb1 = j->w->nb[1];
+    const int64_t k = j->w->ne[0];
+    for (long g = j->g0; g < j->g1; g++) {
+        const uint8_t *in = j->src + (size_t)g * 8 * nb1;
+        uint8_t *out = j->dst + (size_t)g * j->gb;
+        switch (j->w->dtype) {
+        case MT_Q8_0:
+            pack_q8_0(in, nb1, k / 32, out);
+            break;
+        case MT_Q5_0:
+            pack_q5_0(in, nb1, k / 32, out);
+            break;
+        case MT_Q4_K:
+            pack_q4_k(in, nb1, k / 256, out);
+            break;
+        default:
+            pack_q6_k(in, nb1, k / 256, out);
+            break;
+        }
+    }
+    return NULL;
+}
+
 // Entries are sorted by base: the last one starting at or before `data`, if `data` is inside it.
 static int lower_locked(const uint8_t *p) {
     int lo = 0, hi = g_n; // first entry with base > p
@@ -161,26 +196,31 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     if (have) return MT_OK;
 
     const size_t gb = mt_cpu_repack_group_bytes(w->dtype, k), bytes = (size_t)(rows / 8) * gb;
-    // 2 MiB pages where the kernel gives them: the decode stream then crosses no 4 KiB page boundary
-    // (where hardware prefetchers stop) and needs 512x fewer TLB entries.
-    const size_t huge = (size_t)2 << 20, cap = (bytes + huge - 1) / huge * huge;
-    uint8_t *packed = aligned_alloc(huge, cap);
-    if (packed) madvise(packed, cap, MADV_HUGEPAGE);
+    // Large copies (the output matrix) on 2 MiB pages where the kernel gives them: the decode stream
+    // then crosses no 4 KiB page boundary (where hardware prefetchers stop) and needs 512x fewer TLB
+    // entries; smaller ones would waste up to a page each in rounding.
+    const size_t huge = (size_t)2 << 20, align = bytes >= 16 * huge ? huge : 64;
+    const size_t cap = (bytes + align - 1) / align * align;
+    uint8_t *packed = aligned_alloc(align, cap);
+    if (packed && align == huge) madvise(packed, cap, MADV_HUGEPAGE);
     if (!packed)
         return mt_fail(MT_ERR_NOMEM, "repacked copy of %s (%zu bytes)", w->name ? w->name : "weight", bytes);
     const uint8_t *src = w->data;
-    for (int64_t g = 0; g < rows / 8; g++) {
-        const uint8_t *in = src + (size_t)g * 8 * w->nb[1];
-        uint8_t *out = packed + (size_t)g * gb;
-        if (w->dtype == MT_Q8_0)
-            pack_q8_0(in, w->nb[1], k / 32, out);
-        else if (w->dtype == MT_Q5_0)
-            pack_q5_0(in, w->nb[1], k / 32, out);
-        else if (w->dtype == MT_Q4_K)
-            pack_q4_k(in, w->nb[1], k / 256, out);
-        else
-            pack_q6_k(in, w->nb[1], k / 256, out);
+    // Tensors over 256 KiB are packed by several threads (once per model, ~0.5 s of work in all at 0.5B).
+    enum { MAX_PT = 4 };
+    pack_job jobs[MAX_PT];
+    pthread_t tid[MAX_PT];
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = bytes < ((size_t)256 << 10) ? 1 : ncpu > MAX_PT ? MAX_PT : ncpu < 1 ? 1 : (int)ncpu, started = 0;
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = (pack_job){.w = w, .src = src, .dst = packed, .gb = gb};
+        mt_split(rows / 8, t, nt, &jobs[t].g0, &jobs[t].g1);
+        if (t > 0 && pthread_create(&tid[t], NULL, pack_run, &jobs[t]) == 0) started |= 1 << t;
     }
+    for (int t = 0; t < nt; t++)
+        if (t == 0 || !(started & 1 << t)) pack_run(&jobs[t]); // threads that did not start: here
+    for (int t = 1; t < nt; t++)
+        if (started & 1 << t) pthread_join(tid[t], NULL);
     pthread_rwlock_wrlock(&g_lock);
     if (g_n == g_cap) {
         const int cap = g_cap ? 2 * g_cap : 64;
