@@ -222,6 +222,8 @@ static void test_repacked(mt_dtype t, mt_pool *pool2) {
                 check_case_v(t, ks[ki], ms[mi], 1, pool2, !(c & 1), c % 3 == 0, tol, true, v0s[vi]);
             }
     check_case_v(t, kq ? 512 : 896, 37, 3, pool2, true, false, tol_for(t), true, 4);
+    check_case_v(t, kq ? 256 : 224, 45, 17, pool2, false, true, tol_for(t), true, 3);
+    check_case_v(t, kq ? 256 : 224, 45, 17, NULL, true, false, tol_for(t), true, 5);
     check_case_v(t, kq ? 512 : 896, 67, 203, pool2, true, false, tol_for(t), true, 0);
     rng = saved;
 }
