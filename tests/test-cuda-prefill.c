@@ -203,6 +203,49 @@ static void test_rope(int hd, int H, int n, int p0) {
     pair_free(&pos), pair_free(&x), pair_free(&y);
 }
 
+static void test_rmsnorm(int d, int n) {
+    pair x, w, y;
+    pair_make(&x, MT_F32, 2, (int64_t[]){d, n});
+    pair_make(&w, MT_F32, 1, (int64_t[]){d});
+    pair_make(&y, MT_F32, 2, (int64_t[]){d, n});
+    pair_fill(&x, 3.0f), pair_fill(&w, 1.0f);
+    mt_node hn = {.op = MT_OP_RMSNORM, .src = {&x.h, &w.h}, .dst = &y.h, .p = {.eps = 1e-6f}};
+    mt_node dn = {.op = MT_OP_RMSNORM, .src = {&x.d, &w.d}, .dst = &y.d, .p = {.eps = 1e-6f}};
+    char what[96];
+    snprintf(what, sizeof what, "rmsnorm rows d%d n%d", d, n);
+    run_both(&hn, &dn, &y, 1e-6, what);
+    pair_free(&x), pair_free(&w), pair_free(&y);
+}
+
+// n rows written into a 2-sequence cache at scattered positions; the rest of the cache must stay as it was.
+static void test_kv_write(int hd, int KV, int n) {
+    int ctx = 2 * n + 5;
+    pair pos, seq, x, c;
+    pair_make(&pos, MT_I32, 1, (int64_t[]){n});
+    pair_make(&seq, MT_I32, 1, (int64_t[]){n});
+    for (int i = 0; i < n; i++)
+        ((int32_t *)pos.h.data)[i] = (i * 5 + 3) % ctx, ((int32_t *)seq.h.data)[i] = i % 2;
+    pair_upload(&pos), pair_upload(&seq);
+    pair_make(&x, MT_F32, 3, (int64_t[]){hd, KV, n});
+    pair_make(&c, MT_F32, 4, (int64_t[]){hd, KV, ctx, 2});
+    pair_fill(&x, 1.0f), pair_fill(&c, 1.0f);
+    mt_node hn = {
+        .op = MT_OP_KV_WRITE, .src = {&x.h}, .dst = &c.h, .p = {.pos = pos.h.data, .seq = seq.h.data}};
+    mt_node dn = {
+        .op = MT_OP_KV_WRITE, .src = {&x.d}, .dst = &c.d, .p = {.pos = pos.d.data, .seq = seq.d.data}};
+    CHECK(mt_op_check(&hn) == MT_OK, "kv_write check: %s", mt_last_error());
+    mt_op_get(MT_OP_KV_WRITE)->cpu_ref(&hn, 0, 1);
+    CHECK(mt_device_run(MT_DEVICE_CUDA, &dn, 1) == MT_OK, "kv_write: %s", mt_last_error());
+    void *got = malloc(c.bytes);
+    MT_ASSERT(got);
+    MT_ASSERT(mt_device_download(MT_DEVICE_CUDA, got, c.d.data, c.bytes) == MT_OK);
+    int same = memcmp(got, c.h.data, c.bytes) == 0;
+    CHECK(same, "kv_write rows hd%d KV%d n%d: cache differs", hd, KV, n);
+    printf("    kv_write rows hd%d KV%d n%d: %s\n", hd, KV, n, same ? "identical" : "DIFFERS");
+    free(got);
+    pair_free(&pos), pair_free(&seq), pair_free(&x), pair_free(&c);
+}
+
 #ifdef MT_CUDA
 // Median of `reps` device-event timings of one node (after a warm-up run), in microseconds.
 static double time_node(const mt_node *dn, int reps) {
@@ -319,6 +362,13 @@ int main(int argc, char **argv) {
     RUN_NAMED("elementwise_vec", test_elementwise(4864, 40, 4864));
     RUN_NAMED("elementwise_odd", test_elementwise(1003, 77, 1010));
     RUN_NAMED("elementwise_below_threshold", test_elementwise(896, 5, 896));
+    RUN_NAMED("rmsnorm_rows_3584", test_rmsnorm(3584, 40));
+    RUN_NAMED("rmsnorm_rows_4096", test_rmsnorm(4096, 9));
+    RUN_NAMED("rmsnorm_rows_odd_width", test_rmsnorm(1003, 20));
+    RUN_NAMED("rmsnorm_rows_wide", test_rmsnorm(5000, 12));
+    RUN_NAMED("kv_write_rows_hd128", test_kv_write(128, 4, 77));
+    RUN_NAMED("kv_write_rows_hd64", test_kv_write(64, 2, 9));
+    RUN_NAMED("kv_write_rows_hd80_below", test_kv_write(80, 3, 5));
     RUN_NAMED("rope_rows_hd128", test_rope(128, 28, 77, 0));
     RUN_NAMED("rope_rows_hd64_far", test_rope(64, 14, 300, 30000));
     RUN_NAMED("rope_rows_hd80", test_rope(80, 3, 9, 5));

@@ -56,8 +56,9 @@ mt_status mt_cuda_reserve(int n_tok, int64_t k);
 // F32 accumulation.
 bool mt_cuda_flash_ok(const mt_node *n);
 mt_status mt_cuda_flash_attention(const mt_node *n);
-// Add, SwiGLU and rope over 9 or more rows (prefill.cu): launches and returns true (status in *st) when the
-// node's tensors are row-strided 2-D (rope: [hd, heads, n]); false leaves the node to the per-op kernel.
+// Add, SwiGLU, rmsnorm, rope and kv_write over 9 or more rows (prefill.cu): launches and returns true
+// (status in *st) when the node's tensors fit the row kernels (2-D row-strided; rope and kv_write
+// [hd, heads, n]; rmsnorm and kv_write 16-byte aligned rows); false leaves the node to the per-op kernel.
 bool mt_cuda_prefill_elementwise(const mt_node *n, mt_status *st);
 
 // Per-op launchers (the `cuda` slot of the op table).

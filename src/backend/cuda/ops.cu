@@ -261,6 +261,8 @@ __global__ void k_rmsnorm(rows_t x, const float *w, rows_t dst, float eps) {
 mt_status mt_cuda_op_rmsnorm(const mt_node *n) {
     rows_t x = rows_of(n->src[0]);
     if (x.n == 0) return MT_OK;
+    mt_status st;
+    if (mt_cuda_prefill_elementwise(n, &st)) return st; // many rows: prefill.cu
     k_rmsnorm<<<(unsigned)x.n, 256, 0, stream()>>>(x, (const float *)n->src[1]->data, rows_of(n->dst),
                                                    n->p.eps);
     return mt_cu_launched("rmsnorm");
@@ -404,6 +406,8 @@ mt_status mt_cuda_op_kv_write(const mt_node *n) {
     const mt_tensor *c = n->dst;
     int64_t ntok = n->src[0]->ne[2];
     if (ntok == 0) return MT_OK;
+    mt_status st;
+    if (mt_cuda_prefill_elementwise(n, &st)) return st;
     k_kv_write<<<(unsigned)ntok, 128, 0, stream()>>>(rows_of(n->src[0]), (char *)c->data, c->nb[1], c->nb[2],
                                                      c->nb[3], n->p.pos, n->p.seq);
     return mt_cu_launched("kv_write");
@@ -733,8 +737,12 @@ static mt_status matmul_gemm(const mt_node *nd) {
             MT_TRY(blas_status(bs));
         } else {
             MT_TRY(mt_cuda_staging(&c->w16, &c->w16_bytes, W16_CHUNK_ELEMS * 2, "F16 weight rows"));
-            int64_t chunk_rows = (int64_t)(W16_CHUNK_ELEMS / (size_t)k);
-            if (chunk_rows < 1) chunk_rows = 1;
+            // equal chunks (multiples of 128 rows when they fit): a thin remainder (42 rows x k 18944 at 7B)
+            // is a GEMM of a few tiles that runs the whole k on a few SMs and cost more than the rest
+            int64_t max_rows = (int64_t)(W16_CHUNK_ELEMS / (size_t)k);
+            if (max_rows < 1) max_rows = 1;
+            int64_t pieces = (m + max_rows - 1) / max_rows, chunk_rows = (m + pieces - 1) / pieces;
+            if ((chunk_rows + 127) / 128 * 128 <= max_rows) chunk_rows = (chunk_rows + 127) / 128 * 128;
             for (int64_t r0 = 0; r0 < m; r0 += chunk_rows) {
                 int64_t rows = m - r0 < chunk_rows ? m - r0 : chunk_rows;
                 const uint8_t *W = (const uint8_t *)w->data + r0 * (int64_t)w->nb[1];

@@ -298,7 +298,8 @@ mt_status mt_cuda_flash_attention(const mt_node *n) {
 // The per-op kernels index every element through the generic 4-D row mapping (three 64-bit divisions per
 // element); at 512 rows of 18944 that made SwiGLU instruction-bound (136 us where the bytes take ~40). These
 // take 2-D row-strided tensors, 4 elements per thread, the row from the grid; rope computes each token's
-// angles once in shared memory for all heads (same double-precision formula as the reference).
+// angles once in shared memory for all heads (same double-precision formula as the reference); rmsnorm
+// reads its row once into registers; kv_write copies 16 bytes per thread.
 
 enum { EW_MIN_ROWS = 9, EW_THREADS = 256 };
 
@@ -348,6 +349,59 @@ __global__ void k_rope_rows(const char *x, size_t x_nb1, size_t x_nb2, char *y, 
     }
 }
 
+// rmsnorm of rows up to 4096 wide (multiples of 4): a block per row keeps its 16-byte chunks in registers,
+// so the row is read once.
+enum { NORM_V = 4, NORM_MAX = 4 * NORM_V * EW_THREADS };
+__global__ void __launch_bounds__(EW_THREADS)
+    k_rmsnorm_rows(const float *x, int64_t x_ld, const float *w, float *y, int64_t y_ld, int d, float eps) {
+    __shared__ float part[EW_THREADS / 32];
+    const float4 *xr = (const float4 *)(x + blockIdx.x * x_ld);
+    float4 *yr = (float4 *)(y + blockIdx.x * y_ld);
+    const int d4 = d / 4;
+    float4 v[NORM_V];
+    float ss = 0.f;
+#pragma unroll
+    for (int u = 0; u < NORM_V; u++) {
+        int i = threadIdx.x + u * EW_THREADS;
+        v[u] = i < d4 ? xr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < EW_THREADS / 32; i++) ss += part[i];
+    float inv = rsqrtf(ss / (float)d + eps);
+#pragma unroll
+    for (int u = 0; u < NORM_V; u++) {
+        int i = threadIdx.x + u * EW_THREADS;
+        if (i < d4) {
+            float4 g = ((const float4 *)w)[i];
+            yr[i] =
+                make_float4(v[u].x * inv * g.x, v[u].y * inv * g.y, v[u].z * inv * g.z, v[u].w * inv * g.w);
+        }
+    }
+}
+
+// x [hd, n_kv, n] rows -> cache rows (pos[t], seq[t]): a block per token, 16 bytes per thread.
+__global__ void k_kv_write_rows(const char *x, size_t x_nb1, size_t x_nb2, char *cache, size_t c_nb1,
+                                size_t c_nb2, size_t c_nb3, int hd4, int nkv, const int32_t *pos,
+                                const int32_t *seq) {
+    const int t = blockIdx.x;
+    char *base = cache + (int64_t)pos[t] * c_nb2 + (int64_t)seq[t] * c_nb3;
+    for (int i = threadIdx.x; i < nkv * hd4; i += blockDim.x) {
+        int h = i / hd4, e = i % hd4;
+        ((float4 *)(base + (int64_t)h * c_nb1))[e] =
+            ((const float4 *)(x + (int64_t)t * x_nb2 + (int64_t)h * x_nb1))[e];
+    }
+}
+
+static bool al16(const void *p) {
+    return ((uintptr_t)p & 15) == 0;
+}
+
 static bool rows2d(const mt_tensor *t) {
     return t->ne[2] <= 1 && t->ne[3] <= 1 && t->nb[1] % 4 == 0;
 }
@@ -372,6 +426,32 @@ bool mt_cuda_prefill_elementwise(const mt_node *n, mt_status *st) {
         else
             k_rows_binary<1><<<grid, EW_THREADS, 0, s>>>(ap, al, bp, bl, dp, dl, ne0, rows, vec);
         *st = mt_cu_launched(n->op == MT_OP_ADD ? "add rows" : "swiglu rows");
+        return true;
+    }
+    if (n->op == MT_OP_RMSNORM) {
+        const mt_tensor *x = n->src[0], *w = n->src[1], *d = n->dst;
+        int64_t ne0 = x->ne[0], rows = x->ne[1];
+        if (rows < EW_MIN_ROWS || rows > INT_MAX || ne0 % 4 != 0 || ne0 == 0 || ne0 > NORM_MAX ||
+            !rows2d(x) || !rows2d(d) || x->nb[1] % 16 != 0 || d->nb[1] % 16 != 0 || !al16(x->data) ||
+            !al16(d->data) || !al16(w->data))
+            return false;
+        k_rmsnorm_rows<<<(unsigned)rows, EW_THREADS, 0, s>>>((const float *)x->data, (int64_t)(x->nb[1] / 4),
+                                                             (const float *)w->data, (float *)d->data,
+                                                             (int64_t)(d->nb[1] / 4), (int)ne0, n->p.eps);
+        *st = mt_cu_launched("rmsnorm rows");
+        return true;
+    }
+    if (n->op == MT_OP_KV_WRITE) {
+        const mt_tensor *x = n->src[0], *c = n->dst;
+        int64_t hd = x->ne[0], nkv = x->ne[1], ntok = x->ne[2];
+        if (ntok < EW_MIN_ROWS || ntok > INT_MAX || hd % 4 != 0 || nkv * hd > INT_MAX || x->ne[3] > 1 ||
+            x->nb[1] % 16 != 0 || x->nb[2] % 16 != 0 || c->nb[1] % 16 != 0 || c->nb[2] % 16 != 0 ||
+            c->nb[3] % 16 != 0 || !al16(x->data) || !al16(c->data))
+            return false;
+        k_kv_write_rows<<<(unsigned)ntok, 128, 0, s>>>((const char *)x->data, x->nb[1], x->nb[2],
+                                                       (char *)c->data, c->nb[1], c->nb[2], c->nb[3],
+                                                       (int)(hd / 4), (int)nkv, n->p.pos, n->p.seq);
+        *st = mt_cu_launched("kv_write rows");
         return true;
     }
     if (n->op == MT_OP_ROPE) {
