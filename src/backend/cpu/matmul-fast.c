@@ -32,8 +32,8 @@ size_t mt_mm_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
     case MT_Q8_0:
         return (size_t)(k / 32) * 36 * (size_t)n;
     case MT_Q4_0:
-    case MT_Q5_0: // + per-block activation sums and two unpacked weight rows (prefill)
-        return (size_t)(k / 32) * (36 + 4) * (size_t)n + 2 * ((size_t)k + (size_t)(k / 32) * 4);
+    case MT_Q5_0: // + per-block activation sums and two unpacked weight rows or one 8-row group (prefill)
+        return (size_t)(k / 32) * (36 + 4) * (size_t)n + 8 * (size_t)k + 2 * (size_t)(k / 32) * 4;
     case MT_Q4_K:
     case MT_Q5_K:
     case MT_Q6_K:
