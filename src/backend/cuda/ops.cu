@@ -686,6 +686,7 @@ __global__ void __launch_bounds__(DQ_THREADS)
     for (int64_t j = threadIdx.x; j < n8; j += DQ_THREADS) dst[j] = src[j];
 }
 
+// y[:, r] += bias for token rows r = blockIdx.y, blockIdx.y + gridDim.y, ... (no per-element division)
 __global__ void k_add_bias(float *y, int64_t y_ld, int64_t m, int64_t n, const float *bias) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m) return;
@@ -777,6 +778,7 @@ static mt_status matmul_gemm(const mt_node *nd) {
 }
 
 static bool qx_matvec(const mt_node *nd, mt_status *st);
+static bool fv_matvec(const mt_node *nd, mt_status *st);
 
 mt_status mt_cuda_op_matmul(const mt_node *nd) {
     const mt_tensor *w = nd->src[0], *x = nd->src[1];
@@ -789,7 +791,7 @@ mt_status mt_cuda_op_matmul(const mt_node *nd) {
                   w->nb[1] % (E == 8 ? 16 : 2) == 0;
     if (n > MV_MAX_TOK || !vec_ok) return matmul_gemm(nd);
     mt_status qst;
-    if (n == 1 && qx_matvec(nd, &qst)) return qst;
+    if (n == 1 && (fv_matvec(nd, &qst) || qx_matvec(nd, &qst))) return qst;
     const float *bias = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
     const float *xp = (const float *)x->data;
     float *y = (float *)nd->dst->data;
@@ -843,6 +845,41 @@ enum { FM_WARPS = 4, FA_THREADS = 128, FA_MAXG = 8, FA_SPLITS = 32, FA_MIN_CHUNK
 enum { FM_RES = 0, FM_HEAD = 1, FM_GLU = 2, FM_QKV = 3 };
 static const size_t FA_PART_BYTES = (size_t)4 << 20;
 
+// Programmatic dependent launch: a kernel launched with launch_pdl may start while the previous kernel of
+// the stream still runs; it calls pdl_wait before touching anything another kernel writes or reads (the
+// wait returns once the previous grid has completed and its writes are visible, so the order is kept
+// transitively), and pdl_trigger to let the next one start early. Both are no-ops on a plain launch.
+__device__ __forceinline__ void pdl_wait(void) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ void pdl_trigger(void) {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+// Switches read at each launch decision (so one process can compare paths): MT_CUDA_FMV=0 selects the
+// earlier per-job fused kernels (and the separate activation quantizer), MT_CUDA_PDL=0 plain launches,
+// MT_CUDA_FV_QX=1 moves the
+// int8 path onto the persistent kernel (s: Q8_0 and Q6_K only), MT_CUDA_FV_BPS the persistent grid's blocks
+// per SM (default 8, capped by occupancy), MT_CUDA_FV_PF the MiB of weights a launch prefetches into L2
+// before its wait (default 0), MT_CUDA_FV_KS the most warps that share a row (default FV_KS_MAX).
+static bool env_on(const char *name) {
+    const char *e = getenv(name);
+    return !(e && e[0] == '0');
+}
+
+// A launch that may start while the previous kernel of the stream finishes (the kernel waits for it with
+// griddepcontrol.wait before touching anything that kernel writes or reads).
+template <typename... P, typename... A>
+static cudaError_t launch_pdl(void (*f)(P...), dim3 g, dim3 b, size_t sm, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = g, cfg.blockDim = b, cfg.dynamicSmemBytes = sm, cfg.stream = stream();
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at, cfg.numAttrs = env_on("MT_CUDA_PDL") ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, f, args...);
+}
+
 // ---- int8 activations for quantized one-token matvecs ------------------------------------------------
 //
 // Quantized weights are read at a few bits per weight, so a float dot (decode every weight to F32, one FMA
@@ -862,6 +899,8 @@ static mt_status qx_buf(void) {
 template <bool NORM>
 __global__ void __launch_bounds__(256)
     k_quant_x(const float *x, const float *nw, float eps, int64_t k, int8_t *q, float2 *qs) {
+    pdl_trigger();
+    pdl_wait();
     float inv = 1.0f;
     if constexpr (NORM) { // same arithmetic as k_rmsnorm per element
         float ss = 0.0f;
@@ -965,10 +1004,9 @@ static mt_status qx_quantize(const float *x, const float *nw, float eps, int64_t
     unsigned g = (unsigned)cdiv(k / 32, 8);
     int8_t *q = (int8_t *)g_qx;
     float2 *qs = (float2 *)(g_qx + QX_MAX_K);
-    if (nw)
-        k_quant_x<true><<<g, 256, 0, stream()>>>(x, nw, eps, k, q, qs);
-    else
-        k_quant_x<false><<<g, 256, 0, stream()>>>(x, nw, eps, k, q, qs);
+    cudaError_t e = nw ? launch_pdl(k_quant_x<true>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs)
+                       : launch_pdl(k_quant_x<false>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs);
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "quantize activations");
     return mt_cu_launched("quantize activations");
 }
 
@@ -1038,6 +1076,50 @@ __device__ __forceinline__ void qfm_dot(const uint8_t *w0, const uint8_t *w1, co
     if constexpr (R == 2) out[1] = warp_sum(a1);
 }
 
+// A job's rows: the row itself, or (q/k/v) rows j and j + hd/2 of head h in section sec (q, k or v).
+struct fm_job {
+    int sec;
+    int64_t r0, r1, h, j;
+};
+
+// The stage's epilogue for one job's dot(s) s: bias, residual add, SwiGLU, or rope + KV cache write.
+// rt: the rope's {cos, sin} per pair index j for this position (NULL: computed here).
+template <int MODE>
+__device__ __forceinline__ void fm_store(const fused_mv &p, int64_t job, fm_job q, const float *s,
+                                         const float2 *rt = NULL) {
+    if constexpr (MODE == FM_RES || MODE == FM_HEAD) {
+        float v = s[0] + (p.b[0] ? p.b[0][job] : 0.0f);
+        p.y[job] = MODE == FM_RES ? p.res[job] + v : v;
+    } else if constexpr (MODE == FM_GLU) {
+        p.y[job] = s[0] / (1.0f + expf(-s[0])) * s[1];
+    } else {
+        const float *b = p.b[q.sec];
+        int half = p.hd / 2;
+        float x0 = s[0] + (b ? b[q.r0] : 0.0f), x1 = s[1] + (b ? b[q.r1] : 0.0f), y0 = x0, y1 = x1;
+        int ps = p.pos[0];
+        if (q.sec < 2) { // NEOX rope, angle in double like the reference
+            float c, sn;
+            if (rt) {
+                c = rt[q.j].x, sn = rt[q.j].y;
+            } else {
+                double th = (double)ps * pow(p.base, -2.0 * (double)q.j / (double)p.hd);
+                c = (float)cos(th), sn = (float)sin(th);
+            }
+            y0 = x0 * c - x1 * sn;
+            y1 = x0 * sn + x1 * c;
+        }
+        float *o;
+        if (q.sec == 0)
+            o = p.y + q.h * p.hd;
+        else if (q.sec == 1)
+            o = (float *)(p.kc + (int64_t)ps * p.knb2 + (int64_t)p.seq[0] * p.knb3 + q.h * p.knb1);
+        else
+            o = (float *)(p.vc + (int64_t)ps * p.vnb2 + (int64_t)p.seq[0] * p.vnb3 + q.h * p.vnb1);
+        o[q.j] = y0;
+        o[q.j + half] = y1;
+    }
+}
+
 // KS warps share one job (a row, or a row pair) and split its length: the narrow matrices (q/k/v, o_proj,
 // down at 0.5B: under a thousand rows) otherwise leave too few loads in flight to fill the memory system.
 // QX: the activations come quantized (qx_quantize, norm included), so no block normalizes them again.
@@ -1093,31 +1175,7 @@ __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
             for (int i = 1; i < KS; i++) s[0] += red[wid + i][0], s[1] += red[wid + i][1];
     }
     if (!live || sub != 0 || lane != 0) return;
-    if constexpr (MODE == FM_RES || MODE == FM_HEAD) {
-        float v = s[0] + (p.b[0] ? p.b[0][job] : 0.0f);
-        p.y[job] = MODE == FM_RES ? p.res[job] + v : v;
-    } else if constexpr (MODE == FM_GLU) {
-        p.y[job] = s[0] / (1.0f + expf(-s[0])) * s[1];
-    } else {
-        const float *b = p.b[sec];
-        float x0 = s[0] + (b ? b[r0] : 0.0f), x1 = s[1] + (b ? b[r1] : 0.0f), y0 = x0, y1 = x1;
-        int ps = p.pos[0];
-        if (sec < 2) { // NEOX rope, angle in double like the reference
-            double th = (double)ps * pow(p.base, -2.0 * (double)j / (double)p.hd);
-            float c = (float)cos(th), sn = (float)sin(th);
-            y0 = x0 * c - x1 * sn;
-            y1 = x0 * sn + x1 * c;
-        }
-        float *o;
-        if (sec == 0)
-            o = p.y + h * p.hd;
-        else if (sec == 1)
-            o = (float *)(p.kc + (int64_t)ps * p.knb2 + (int64_t)p.seq[0] * p.knb3 + h * p.knb1);
-        else
-            o = (float *)(p.vc + (int64_t)ps * p.vnb2 + (int64_t)p.seq[0] * p.vnb3 + h * p.vnb1);
-        o[j] = y0;
-        o[j + half] = y1;
-    }
+    fm_store<MODE>(p, job, fm_job{sec, r0, r1, h, j}, s);
 }
 
 #define MT_FUSED_DTYPES(X)                                                                                   \
@@ -1146,6 +1204,370 @@ static bool fm_vec_ok(const void *p) {
     return ((uintptr_t)p & 15) == 0;
 }
 
+// ---- persistent one-token matvec ------------------------------------------------------------------------
+//
+// A block stages the activation row once in shared memory (normalized when the stage has a norm, and
+// quantized to int8 blocks for the dp4a path, by the block itself: no norm or quantize launch of its own),
+// then walks its share of the jobs, KS warps splitting a job's row. A lane issues FV_UNROLL 16-byte weight
+// loads before the first use. Shared x is split per 8- or 32-element chunk into two 16-byte halves held in
+// two arrays, so a warp's chunk reads are conflict-free. Launched with programmatic dependent launch: a block
+// prefetches its first rows into L2, then waits for the previous kernel; so the launch gap and the
+// previous kernel's tail overlap with this one's first weight bytes.
+
+// FV_KS_MAX: 4 warps per row at most (7B down projection: 152 tok/s vs 148 with 8, fewer barriers)
+enum { FV_WARPS = 8, FV_THREADS = 32 * FV_WARPS, FV_UNROLL = 4, FV_ROPE = 128, FV_KS_MAX = 4 };
+static const size_t FV_MAX_SMEM = (size_t)200 << 10;
+
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+// Weights are read once per token: skip L1.
+__device__ __forceinline__ uint4 ld_stream(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+template <int DT> __device__ __forceinline__ float2 pair2f(uint32_t u) {
+    if constexpr (DT == MT_F16) return __half22float2(*(const __half2 *)&u);
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xFFFF0000u));
+}
+
+// 8 weights (one 16-byte F16/BF16 chunk) against x halves a (elements 0..3) and b (4..7).
+template <int DT> __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+    float2 f0 = pair2f<DT>(w.x), f1 = pair2f<DT>(w.y), f2 = pair2f<DT>(w.z), f3 = pair2f<DT>(w.w);
+    return f0.x * a.x + f0.y * a.y + f1.x * a.z + f1.y * a.w + f2.x * b.x + f2.y * b.y + f3.x * b.z +
+           f3.y * b.w;
+}
+
+// Chunks c0, c0 + stride, ... of one or two F16/BF16 rows against shared x.
+template <int DT, int R>
+__device__ __forceinline__ float2 fv_dot(const uint8_t *w0, const uint8_t *w1, const float4 *xa,
+                                         const float4 *xb, int nc, int c0, int stride) {
+    float a0 = 0.0f, a1 = 0.0f;
+    // batches of FV_UNROLL chunks; chunks past the end re-read the last one and count zero, so every
+    // load of a batch is unconditional and issued before the first use
+    for (int c = c0; c < nc; c += FV_UNROLL * stride) {
+        uint4 q0[FV_UNROLL], q1[FV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < FV_UNROLL; u++) {
+            int cc = min(c + u * stride, nc - 1);
+            q0[u] = ld_stream(w0 + (int64_t)cc * 16);
+            if constexpr (R == 2) q1[u] = ld_stream(w1 + (int64_t)cc * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < FV_UNROLL; u++) {
+            int cc = min(c + u * stride, nc - 1);
+            float4 a = xa[cc], b = xb[cc];
+            float d0 = dot8<DT>(q0[u], a, b);
+            a0 += c + u * stride < nc ? d0 : 0.0f;
+            if constexpr (R == 2) {
+                float d1 = dot8<DT>(q1[u], a, b);
+                a1 += c + u * stride < nc ? d1 : 0.0f;
+            }
+        }
+    }
+    return make_float2(a0, a1);
+}
+
+// The int8 path: 32-weight chunks against shared quants (halves xa, xb) and their {scale, sum}.
+template <int DT, int R>
+__device__ __forceinline__ float2 qfv_dot(const uint8_t *w0, const uint8_t *w1, const int4 *xa,
+                                          const int4 *xb, const float2 *xs, int nc, int c0, int stride) {
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int c = c0; c < nc; c += FV_UNROLL * stride) { // batches as in fv_dot: no predicated loads
+#pragma unroll
+        for (int u = 0; u < FV_UNROLL; u++) {
+            int cc = min(c + u * stride, nc - 1);
+            int4 v0 = xa[cc], v1 = xb[cc];
+            int xi[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+            float2 sc = xs[cc];
+            float d0 = qdot<DT>(w0, cc, xi, sc);
+            a0 += c + u * stride < nc ? d0 : 0.0f;
+            if constexpr (R == 2) {
+                float d1 = qdot<DT>(w1, cc, xi, sc);
+                a1 += c + u * stride < nc ? d1 : 0.0f;
+            }
+        }
+    }
+    return make_float2(a0, a1);
+}
+
+// Q8_0 and Q6_K keep their quants at 2-byte alignment: a lane reading a whole 32-weight chunk issues 16-32
+// two-byte loads whose warp-wide footprint spans a dozen cache lines each, so the L1 (not DRAM) bounds the
+// stream. Here 8 lanes share a chunk, lane p taking weights 4p..4p+3: a warp instruction touches 4
+// neighbouring chunks (one or two lines) and each lane needs 2 (Q8_0) or 4 (Q6_K) two-byte loads.
+template <int DT> __host__ __device__ constexpr bool qx_sliced() {
+    return DT == MT_Q8_0 || DT == MT_Q6_K;
+}
+
+template <int DT>
+__device__ __forceinline__ float qdot_slice(const uint8_t *row, int64_t c, int p, int xi, float xd) {
+    if constexpr (DT == MT_Q8_0) {
+        const uint8_t *b = row + c * 34;
+        return h2f(ld16(b)) * xd * (float)__dp4a(ld32h(b + 2 + 4 * p), xi, 0);
+    } else {
+        int sub = (int)(c & 7), half = sub >> 2, qq = sub & 3;
+        const uint8_t *b = row + (c >> 3) * 210;
+        const uint8_t *ql = b + 64 * half + (qq & 1) * 32 + 4 * p, *qh = b + 128 + 32 * half + 4 * p;
+        int v = (int)((((uint32_t)ld32h(ql) >> ((qq >> 1) * 4)) & 0x0F0F0F0Fu) |
+                      ((((uint32_t)ld32h(qh) >> (2 * qq)) & 0x03030303u) << 4));
+        float sc = (float)((const int8_t *)(b + 192))[8 * half + 2 * qq + (p >> 2)];
+        return h2f(ld16(b + 208)) * xd * sc * (float)(__dp4a(v, xi, 0) - 32 * __dp4a(0x01010101, xi, 0));
+    }
+}
+
+// Chunks c0, c0 + stride, ... (c0 = the lane's chunk slot) of one or two rows, slice p of each.
+template <int DT, int R>
+__device__ __forceinline__ float2 qfv_dot_sliced(const uint8_t *w0, const uint8_t *w1, const int *xa,
+                                                 const int *xb, const float2 *xs, int nc, int c0, int stride,
+                                                 int p) {
+    float a0 = 0.0f, a1 = 0.0f;
+    const int *xh = p < 4 ? xa : xb;
+    for (int c = c0; c < nc; c += FV_UNROLL * stride) {
+#pragma unroll
+        for (int u = 0; u < FV_UNROLL; u++) {
+            int cc = min(c + u * stride, nc - 1), xi = xh[cc * 4 + (p & 3)];
+            float xd = xs[cc].x;
+            float d0 = qdot_slice<DT>(w0, cc, p, xi, xd);
+            a0 += c + u * stride < nc ? d0 : 0.0f;
+            if constexpr (R == 2) {
+                float d1 = qdot_slice<DT>(w1, cc, p, xi, xd);
+                a1 += c + u * stride < nc ? d1 : 0.0f;
+            }
+        }
+    }
+    return make_float2(a0, a1);
+}
+
+// Stored bytes of nc chunks of a row (8 elements for F16/BF16, 32 for the int8-path types).
+template <int DT> __device__ __forceinline__ int64_t fv_row_bytes(int64_t nc) {
+    if constexpr (DT == MT_F16 || DT == MT_BF16) return nc * 16;
+    if constexpr (DT == MT_Q8_0) return nc * 34;
+    if constexpr (DT == MT_Q5_0) return nc * 22;
+    if constexpr (DT == MT_Q4_K) return nc / 8 * 144;
+    return nc / 8 * 210; // Q6_K
+}
+
+template <int MODE> __device__ __forceinline__ fm_job fv_job(const fused_mv &p, int64_t job) {
+    fm_job q = {0, job, job, 0, 0};
+    if constexpr (MODE == FM_QKV) { // rows j and j + hd/2 of one head: the two halves rope pairs
+        int64_t half = p.hd / 2, jq = p.m[0] / 2, jk = p.m[1] / 2;
+        q.sec = job < jq ? 0 : job < jq + jk ? 1 : 2;
+        int64_t jj = q.sec == 0 ? job : q.sec == 1 ? job - jq : job - jq - jk;
+        q.h = jj / half, q.j = jj % half, q.r0 = q.h * p.hd + q.j, q.r1 = q.r0 + half;
+    }
+    return q;
+}
+
+template <int MODE>
+__device__ __forceinline__ void fv_rows(const fused_mv &p, int64_t job, fm_job q, const uint8_t **w0,
+                                        const uint8_t **w1) {
+    if constexpr (MODE == FM_GLU) {
+        *w0 = p.W[0] + job * p.nb[0], *w1 = p.W[1] + job * p.nb[1];
+    } else if constexpr (MODE == FM_QKV) {
+        *w0 = p.W[q.sec] + q.r0 * p.nb[q.sec], *w1 = p.W[q.sec] + q.r1 * p.nb[q.sec];
+    } else {
+        *w0 = p.W[0] + job * p.nb[0], *w1 = NULL;
+    }
+}
+
+// QX: DT is one of the int8-path types and x is quantized in shared memory; else DT is F16 or BF16.
+// p.norm_w: the stage's rmsnorm weight (NULL: x is used as is). ks warps per job (1, 2, 4 or 8).
+template <int DT, int MODE, bool QX>
+__global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t pf) {
+    extern __shared__ __align__(16) unsigned char fv_sh[];
+    __shared__ float red[FV_WARPS][2];
+    __shared__ float2 rope_t[FV_ROPE]; // q/k/v: the position's rope {cos, sin}, one double evaluation each
+    constexpr int E = QX ? 32 : 8, R = MODE == FM_GLU || MODE == FM_QKV ? 2 : 1;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, sub = wid % ks, per = FV_WARPS / ks;
+    const int nc = (int)(p.k / E);
+    const int64_t jobs = MODE == FM_QKV ? (p.m[0] + p.m[1] + p.m[2]) / 2 : p.m[0];
+    pdl_trigger();
+    { // the first job's weights do not depend on the previous kernel
+        int64_t job = (int64_t)blockIdx.x * per + wid / ks;
+        if (job < jobs) {
+            const uint8_t *w0, *w1;
+            fv_rows<MODE>(p, job, fv_job<MODE>(p, job), &w0, &w1);
+            int64_t rb = min(fv_row_bytes<DT>(nc), pf);
+            for (int64_t o = (int64_t)(sub * 32 + lane) * 128; o < rb; o += (int64_t)ks * 32 * 128) {
+                prefetch_l2(w0 + o);
+                if constexpr (R == 2) prefetch_l2(w1 + o);
+            }
+        }
+    }
+    pdl_wait();
+    const bool tab = MODE == FM_QKV && p.hd / 2 <= FV_ROPE;
+    if (tab) // same expression as fm_store's, so the values are bit-identical
+        for (int j = threadIdx.x; j < p.hd / 2; j += FV_THREADS) {
+            double th = (double)p.pos[0] * pow(p.base, -2.0 * (double)j / (double)p.hd);
+            rope_t[j] = make_float2((float)cos(th), (float)sin(th));
+        }
+    if constexpr (QX) { // quantized by qx_quantize (norm included): 16-byte halves into qa / qb, then scales
+        int4 *qa = (int4 *)fv_sh, *qb = qa + nc;
+        const int4 *src = (const int4 *)p.xq;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < 2 * nc; i += FV_THREADS) (i & 1 ? qb : qa)[i >> 1] = src[i];
+        float2 *qs = (float2 *)(fv_sh + 32 * nc);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < nc; i += FV_THREADS) qs[i] = p.xs[i];
+    } else {
+        float inv = 1.0f;
+        const bool norm = p.norm_w != NULL;
+        if (norm) { // same arithmetic as k_rmsnorm, so every path sees the same inputs
+            float ss = 0.0f;
+#pragma unroll 4
+            for (int64_t i = threadIdx.x; i < p.k; i += FV_THREADS) ss += p.x[i] * p.x[i];
+            ss = block_sum(ss);
+            inv = rsqrtf(ss / (float)p.k + p.eps);
+        }
+        float *fa = (float *)fv_sh, *fb = fa + 4 * nc;
+#pragma unroll 4
+        for (int64_t i = threadIdx.x; i < p.k; i += FV_THREADS) {
+            float v = norm ? p.x[i] * inv * p.norm_w[i] : p.x[i];
+            int64_t c = i >> 3, e = i & 7;
+            (e < 4 ? fa : fb)[c * 4 + (e & 3)] = v;
+        }
+    }
+    __syncthreads();
+    for (int64_t g = blockIdx.x; g * per < jobs; g += gridDim.x) {
+        int64_t job = g * per + wid / ks;
+        bool live = job < jobs;
+        float2 s = make_float2(0.0f, 0.0f);
+        fm_job q = fv_job<MODE>(p, live ? job : 0);
+        if (live) {
+            const uint8_t *w0, *w1;
+            fv_rows<MODE>(p, job, q, &w0, &w1);
+            if constexpr (QX && qx_sliced<DT>())
+                s = qfv_dot_sliced<DT, R>(w0, w1, (const int *)fv_sh, (const int *)(fv_sh + 16 * nc),
+                                          (const float2 *)(fv_sh + 32 * nc), nc, sub * 4 + (lane >> 3),
+                                          4 * ks, lane & 7);
+            else if constexpr (QX)
+                s = qfv_dot<DT, R>(w0, w1, (const int4 *)fv_sh, (const int4 *)(fv_sh + 16 * nc),
+                                   (const float2 *)(fv_sh + 32 * nc), nc, sub * 32 + lane, 32 * ks);
+            else
+                s = fv_dot<DT, R>(w0, w1, (const float4 *)fv_sh, (const float4 *)fv_sh + nc, nc,
+                                  sub * 32 + lane, 32 * ks);
+            s.x = warp_sum(s.x);
+            if constexpr (R == 2) s.y = warp_sum(s.y);
+        }
+        if (ks > 1) { // block-uniform: every warp of the block walks the same groups
+            if (lane == 0) red[wid][0] = s.x, red[wid][1] = s.y;
+            __syncthreads();
+            if (sub == 0)
+                for (int i = 1; i < ks; i++) s.x += red[wid + i][0], s.y += red[wid + i][1];
+            __syncthreads();
+        }
+        if (live && sub == 0 && lane == 0) {
+            float sv[2] = {s.x, s.y};
+            fm_store<MODE>(p, job, q, sv, tab ? rope_t : NULL);
+        }
+    }
+}
+
+static int fv_sms(void) {
+    static int n;
+    if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) n = 0;
+    return n > 0 ? n : 1;
+}
+
+// Blocks of kernel f that fit on one SM with sm bytes of dynamic shared memory (cached per kernel and size).
+static int fv_occupancy(const void *f, size_t sm) {
+    static struct {
+        const void *f;
+        size_t sm;
+        int n;
+    } cache[64];
+    static int used;
+    for (int i = 0; i < used; i++)
+        if (cache[i].f == f && cache[i].sm == sm) return cache[i].n;
+    int n = 1;
+    if (sm > 48 * 1024) cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f, FV_THREADS, sm) != cudaSuccess || n < 1) n = 1;
+    cudaGetLastError();
+    if (used < 64) cache[used].f = f, cache[used].sm = sm, cache[used].n = n, used++;
+    return n;
+}
+
+static bool fv_float_dtype(mt_dtype dt) {
+    return dt == MT_F16 || dt == MT_BF16;
+}
+
+// Whether the persistent kernel takes this stage: F16/BF16 weights, or the int8 path (qx: qx_ok held).
+static bool fv_ok(mt_dtype dt, int64_t k, bool qx) {
+    if (!env_on("MT_CUDA_FMV")) return false;
+    // the int8 path stays on the per-job kernels unless MT_CUDA_FV_QX=1 (all) or s (Q8_0 and Q6_K): on an
+    // H100 the persistent variants measured slower (7B Q8_0 162 vs 211 tok/s)
+    const char *e = getenv("MT_CUDA_FV_QX");
+    if (qx && !(e && (e[0] == '1' || (e[0] == 's' && (dt == MT_Q8_0 || dt == MT_Q6_K))))) return false;
+    size_t sm = qx ? (size_t)k + (size_t)k / 4 : (size_t)k * 4;
+    return (qx || fv_float_dtype(dt)) && sm <= FV_MAX_SMEM && k % (qx ? 32 : 8) == 0 && k < (1 << 30);
+}
+
+template <int DT, int MODE, bool QX> static mt_status fv_go(fused_mv p, int64_t jobs) {
+    int64_t nc = p.k / (QX ? 32 : 8), step = QX && qx_sliced<DT>() ? 4 : 32; // chunks per warp step
+    const char *ek = getenv("MT_CUDA_FV_KS");
+    int ks = 1, ks_max = ek && atoi(ek) > 0 ? atoi(ek) : FV_KS_MAX;
+    // split a job's row while each lane keeps at least 2 x FV_UNROLL steps
+    while (ks < FV_WARPS && 2 * ks <= ks_max && nc >= step * FV_UNROLL * 2 * ks) ks *= 2;
+    size_t sm = QX ? (size_t)p.k + (size_t)p.k / 4 : (size_t)p.k * 4;
+    if constexpr (QX) {
+        MT_TRY(qx_quantize(p.x, p.norm_w, p.eps, p.k));
+        p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
+    }
+    void (*f)(fused_mv, int, int64_t) = k_fmv<DT, MODE, QX>;
+    const char *e = getenv("MT_CUDA_FV_BPS");
+    int bps = e && atoi(e) > 0 ? atoi(e) : 8, occ = fv_occupancy((const void *)f, sm);
+    if (bps > occ) bps = occ;
+    int64_t per = FV_WARPS / ks, groups = (jobs + per - 1) / per, gmax = (int64_t)fv_sms() * bps;
+    int64_t iters = (groups + gmax - 1) / gmax; // an equal number of groups per block
+    unsigned grid = (unsigned)((groups + iters - 1) / iters);
+    // L2 prefetch of the first rows before the wait, bounded so it cannot evict itself (50 MB L2)
+    e = getenv("MT_CUDA_FV_PF");
+    int64_t budget = e ? (int64_t)atoi(e) << 20 : 0; // off: measured slower (7B F16 138 vs 142 tok/s)
+    int64_t rows = (int64_t)grid * per * (MODE == FM_GLU || MODE == FM_QKV ? 2 : 1);
+    int64_t pf = budget / rows / 128 * 128;
+    cudaError_t err = launch_pdl(f, dim3(grid), dim3(FV_THREADS), sm, p, ks, pf);
+    return err == cudaSuccess ? mt_cu_launched("persistent matvec") : MT_CU_FAIL(err, "persistent matvec");
+}
+
+template <int MODE> static mt_status fv_launch(mt_dtype dt, const fused_mv &p, int64_t jobs, bool qx) {
+    if (qx) {
+        switch (dt) {
+#define X(DT)                                                                                                \
+    case DT:                                                                                                 \
+        return fv_go<DT, MODE, true>(p, jobs);
+            MT_QX_DTYPES(X)
+#undef X
+        default:
+            break;
+        }
+    } else if (dt == MT_F16) {
+        return fv_go<MT_F16, MODE, false>(p, jobs);
+    } else if (dt == MT_BF16) {
+        return fv_go<MT_BF16, MODE, false>(p, jobs);
+    }
+    return mt_fail(MT_ERR_UNSUPPORTED, "cuda persistent matvec: no kernel for %s", mt_dtype_name(dt));
+}
+
+// One-token matmul of the per-op path on the persistent kernel (head mode, no norm): F16/BF16 weights
+// and the int8-path types. False when it does not apply.
+static bool fv_matvec(const mt_node *nd, mt_status *st) {
+    const mt_tensor *w = nd->src[0], *x = nd->src[1];
+    int64_t k = w->ne[0];
+    bool qx = qx_ok(w, k);
+    if (x->ne[0] != k || !fv_ok(w->dtype, k, qx) || (!qx && !fm_weight_ok(w, k))) return false;
+    fused_mv p;
+    memset(&p, 0, sizeof p);
+    p.W[0] = (const uint8_t *)w->data, p.nb[0] = w->nb[1], p.m[0] = w->ne[1];
+    p.b[0] = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
+    p.k = k, p.x = (const float *)x->data, p.y = (float *)nd->dst->data;
+    *st = fv_launch<FM_HEAD>(w->dtype, p, p.m[0], qx);
+    return true;
+}
+
 template <int MODE> static mt_status fm_launch_qx(mt_dtype dt, fused_mv p, int64_t jobs) {
     MT_TRY(qx_quantize(p.x, MODE == FM_RES ? NULL : p.norm_w, p.eps, p.k));
     p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
@@ -1170,7 +1592,9 @@ template <int MODE> static mt_status fm_launch_qx(mt_dtype dt, fused_mv p, int64
 // w: one of the stage's weights (all share dtype and width).
 template <int MODE>
 static mt_status fm_launch(mt_dtype dt, const fused_mv &p, int64_t jobs, const mt_tensor *w = NULL) {
-    if (w && qx_ok(w, p.k)) return fm_launch_qx<MODE>(dt, p, jobs);
+    bool qx = w && qx_ok(w, p.k);
+    if (fv_ok(dt, p.k, qx)) return fv_launch<MODE>(dt, p, jobs, qx);
+    if (qx) return fm_launch_qx<MODE>(dt, p, jobs);
     // fewer jobs than ~16 warps per SM: split each job over all warps of a block
     bool split = jobs < 8192;
     unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
@@ -1218,6 +1642,8 @@ __global__ void __launch_bounds__(FA_THREADS)
     __shared__ float st_m[FA_MAXG], st_l[FA_MAXG], st_c[FA_MAXG];
     __shared__ float red[FA_MAXG * FA_THREADS];
     int kvh = blockIdx.x, sp = blockIdx.y, S = gridDim.y, tid = threadIdx.x;
+    pdl_trigger();
+    pdl_wait(); // q, K and V come from the previous kernel
     int len = pos[0] + 1, chunk = (len + S - 1) / S;
     if (chunk < FA_MIN_CHUNK) chunk = FA_MIN_CHUNK;
     int j0 = sp * chunk, j1 = min(len, j0 + chunk);
@@ -1242,7 +1668,8 @@ __global__ void __launch_bounds__(FA_THREADS)
             float s[FA_MAXG];
 #pragma unroll
             for (int g = 0; g < FA_MAXG; g++) s[g] = 0.0f;
-            for (int i = 0; i < hd / 4; i++) {
+#pragma unroll 8
+            for (int i = 0; i < hd / 4; i++) { // unrolled: the row's loads go out together
                 float4 a = kr[i];
 #pragma unroll
                 for (int g = 0; g < FA_MAXG; g++) {
@@ -1278,6 +1705,7 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
             for (int g = 0; g < FA_MAXG; g++)
                 if (g < G) acc[g] *= st_c[g];
+#pragma unroll 4
             for (int j = pg; j < tn; j += NG) {
                 float v = ((const float *)(vb + (int64_t)(t0 + j) * vc.nb2))[e];
 #pragma unroll
@@ -1306,6 +1734,8 @@ __global__ void __launch_bounds__(FA_THREADS)
 // Block h merges head h's splits (empty splits carry max -inf) into att[h].
 __global__ void k_attn_combine(const float *part, int S, int hd, float *att) {
     int h = blockIdx.x;
+    pdl_trigger();
+    pdl_wait();
     const float *ph = part + (int64_t)h * S * (hd + 2);
     float M = -INFINITY;
     for (int s = 0; s < S; s++) M = fmaxf(M, ph[s * (hd + 2) + hd]);
@@ -1399,10 +1829,14 @@ static mt_status stage_attention(const mt_node *n) {
     float scale = n->p.scale != 0 ? n->p.scale : (float)(1.0 / sqrt((double)hd));
     kv_t kc = {(const char *)k->data, k->nb[1], k->nb[2], k->nb[3]};
     kv_t vc = {(const char *)v->data, v->nb[1], v->nb[2], v->nb[3]};
-    k_attn_split<<<dim3((unsigned)KV, (unsigned)S), FA_THREADS, 0, stream()>>>(
-        (const float *)q->data, kc, vc, n->p.pos, n->p.seq, (int)hd, G, scale, g_fa_part);
+    cudaError_t e = launch_pdl(k_attn_split, dim3((unsigned)KV, (unsigned)S), dim3(FA_THREADS), 0,
+                               (const float *)q->data, kc, vc, (const int32_t *)n->p.pos,
+                               (const int32_t *)n->p.seq, (int)hd, G, scale, g_fa_part);
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "attention split");
     MT_TRY(mt_cu_launched("attention split"));
-    k_attn_combine<<<(unsigned)H, 128, 0, stream()>>>(g_fa_part, S, (int)hd, (float *)n->dst->data);
+    e = launch_pdl(k_attn_combine, dim3((unsigned)H), dim3(128), 0, (const float *)g_fa_part, S, (int)hd,
+                   (float *)n->dst->data);
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "attention combine");
     return mt_cu_launched("attention combine");
 }
 
