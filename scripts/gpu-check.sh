@@ -45,7 +45,7 @@ for s in $STAGES; do
         MT_CUDA_DP4A=1 run "$BIN/test-cuda-ops" "$MODELS/tiny-q8.gguf"
         ;;
     r05)
-        note "random Qwen2.5-0.5B shapes (f16, q8_0): CUDA vs CPU logits and greedy tokens"
+        note "random Qwen2.5-0.5B shapes (f16, q8_0): CUDA vs CPU logits and greedy tokens, int8 vs float decode (teacher-forced)"
         for d in f16 q8_0; do
             [ -f "$MODELS/r05-$d.gguf" ] ||
                 $PY tools/gen_random_model.py "$MODELS/r05-$d.gguf" --shape 0.5b --dtype $d --vocab-from "$VOCAB"
