@@ -1636,16 +1636,16 @@ static bool qx_matvec(const mt_node *nd, mt_status *st) {
 // captured graph serves every position. Writes per (head, split): hd weighted-V sums, max, sum.
 __global__ void __launch_bounds__(FA_THREADS)
     k_attn_split(const float *q, kv_t kc, kv_t vc, const int32_t *pos, const int32_t *seq, int hd, int G,
-                 float scale, float *part) {
+                 float scale, int min_chunk, float *part) {
     __shared__ __align__(16) float qs[FA_MAXG * 128];
     __shared__ float sc[FA_MAXG][FA_THREADS];
     __shared__ float st_m[FA_MAXG], st_l[FA_MAXG], st_c[FA_MAXG];
-    __shared__ float red[FA_MAXG * FA_THREADS];
+    __shared__ __align__(16) float red[FA_MAXG * FA_THREADS * 4];
     int kvh = blockIdx.x, sp = blockIdx.y, S = gridDim.y, tid = threadIdx.x;
     pdl_trigger();
     pdl_wait(); // q, K and V come from the previous kernel
     int len = pos[0] + 1, chunk = (len + S - 1) / S;
-    if (chunk < FA_MIN_CHUNK) chunk = FA_MIN_CHUNK;
+    if (chunk < min_chunk) chunk = min_chunk;
     int j0 = sp * chunk, j1 = min(len, j0 + chunk);
     float *out0 = part + ((int64_t)kvh * G * S + sp) * (hd + 2); // head g at + g * S * (hd + 2)
     if (j0 >= j1) {
@@ -1657,10 +1657,12 @@ __global__ void __launch_bounds__(FA_THREADS)
     __syncthreads();
     const char *kb = kc.data + (int64_t)kvh * kc.nb1 + (int64_t)seq[0] * kc.nb3;
     const char *vb = vc.data + (int64_t)kvh * vc.nb1 + (int64_t)seq[0] * vc.nb3;
-    int NG = FA_THREADS / hd, pg = tid / hd, e = tid % hd, lane = tid & 31, wid = tid >> 5;
-    float acc[FA_MAXG];
+    // V: thread (pg, e) accumulates elements 4e..4e+3 over positions pg, pg + NG, ... (16-byte loads; the
+    // NG partial sums meet in red[] at the end), so a tile's positions are spread over the whole block
+    int E4 = hd / 4, NG = FA_THREADS / E4, pg = tid / E4, e = tid % E4, lane = tid & 31, wid = tid >> 5;
+    float4 acc[FA_MAXG];
 #pragma unroll
-    for (int g = 0; g < FA_MAXG; g++) acc[g] = 0.0f;
+    for (int g = 0; g < FA_MAXG; g++) acc[g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int t0 = j0; t0 < j1; t0 += FA_THREADS) {
         int tn = min(FA_THREADS, j1 - t0);
         if (tid < tn) {
@@ -1704,20 +1706,27 @@ __global__ void __launch_bounds__(FA_THREADS)
         if (pg < NG) {
 #pragma unroll
             for (int g = 0; g < FA_MAXG; g++)
-                if (g < G) acc[g] *= st_c[g];
+                if (g < G) {
+                    float c = st_c[g];
+                    acc[g].x *= c, acc[g].y *= c, acc[g].z *= c, acc[g].w *= c;
+                }
 #pragma unroll 4
             for (int j = pg; j < tn; j += NG) {
-                float v = ((const float *)(vb + (int64_t)(t0 + j) * vc.nb2))[e];
+                float4 v = ((const float4 *)(vb + (int64_t)(t0 + j) * vc.nb2))[e];
 #pragma unroll
                 for (int g = 0; g < FA_MAXG; g++)
-                    if (g < G) acc[g] += sc[g][j] * v;
+                    if (g < G) {
+                        float pj = sc[g][j];
+                        acc[g].x += pj * v.x, acc[g].y += pj * v.y, acc[g].z += pj * v.z,
+                            acc[g].w += pj * v.w;
+                    }
             }
         }
         __syncthreads(); // sc[] and st_c[] are rewritten by the next tile
     }
 #pragma unroll
     for (int g = 0; g < FA_MAXG; g++)
-        if (g < G && pg < NG) red[(pg * G + g) * hd + e] = acc[g];
+        if (g < G && pg < NG) ((float4 *)(red + (pg * G + g) * hd))[e] = acc[g];
     __syncthreads();
     for (int i = tid; i < G * hd; i += FA_THREADS) {
         int g = i / hd, ee = i % hd;
@@ -1819,19 +1828,22 @@ static mt_status stage_attention(const mt_node *n) {
     const mt_tensor *q = n->src[0], *k = n->src[1], *v = n->src[2];
     int64_t hd = q->ne[0], H = q->ne[1], KV = k->ne[1];
     int G = KV > 0 ? (int)(H / KV) : 0;
-    int S = (int)(k->ne[2] / FA_MIN_CHUNK);
+    const char *ec = getenv("MT_CUDA_FA_CHUNK"); // positions per split at least (A/B runs)
+    int min_chunk = ec && atoi(ec) >= 16 ? atoi(ec) : FA_MIN_CHUNK;
+    int S = (int)(k->ne[2] / min_chunk);
     S = S < 1 ? 1 : S > FA_SPLITS ? FA_SPLITS : S;
     bool ok = q->ne[2] == 1 && hd <= 128 && hd % 4 == 0 && FA_THREADS % hd == 0 && G >= 1 && G <= FA_MAXG &&
               H == KV * G && k->nb[2] % 16 == 0 && v->nb[2] % 16 == 0 && fm_vec_ok(k->data) &&
-              fm_vec_ok(q->data) && mt_tensor_is_contiguous(q) && mt_tensor_is_contiguous(n->dst) &&
-              (size_t)H * S * (hd + 2) * 4 <= FA_PART_BYTES && fa_part() == MT_OK;
+              fm_vec_ok(v->data) && fm_vec_ok(q->data) && mt_tensor_is_contiguous(q) &&
+              mt_tensor_is_contiguous(n->dst) && (size_t)H * S * (hd + 2) * 4 <= FA_PART_BYTES &&
+              fa_part() == MT_OK;
     if (!ok) return mt_cuda_run_node(n);
     float scale = n->p.scale != 0 ? n->p.scale : (float)(1.0 / sqrt((double)hd));
     kv_t kc = {(const char *)k->data, k->nb[1], k->nb[2], k->nb[3]};
     kv_t vc = {(const char *)v->data, v->nb[1], v->nb[2], v->nb[3]};
     cudaError_t e = launch_pdl(k_attn_split, dim3((unsigned)KV, (unsigned)S), dim3(FA_THREADS), 0,
                                (const float *)q->data, kc, vc, (const int32_t *)n->p.pos,
-                               (const int32_t *)n->p.seq, (int)hd, G, scale, g_fa_part);
+                               (const int32_t *)n->p.seq, (int)hd, G, scale, min_chunk, g_fa_part);
     if (e != cudaSuccess) return MT_CU_FAIL(e, "attention split");
     MT_TRY(mt_cu_launched("attention split"));
     e = launch_pdl(k_attn_combine, dim3((unsigned)H), dim3(128), 0, (const float *)g_fa_part, S, (int)hd,
