@@ -494,6 +494,11 @@ int main(int argc, char **argv) {
     setenv("MT_CUDA_FMV", "0", 1);
     RUN_NAMED("matmul_f16_k3584_m517_n1_perjob", test_matmul(MT_F16, 3584, 517, 1, 1));
     unsetenv("MT_CUDA_FMV");
+    // the persistent kernel with x staged in shared memory also without a norm: MT_CUDA_FV_XG=0
+    setenv("MT_CUDA_FV_XG", "0", 1);
+    RUN_NAMED("matmul_f16_k18944_m67_n1_xs", test_matmul(MT_F16, 18944, 67, 1, 1));
+    RUN_NAMED("matmul_bf16_k904_m33_n1_xs", test_matmul(MT_BF16, 904, 33, 1, 0));
+    unsetenv("MT_CUDA_FV_XG");
     // the int8 path on the persistent kernel (off by default: slower on an H100), 8-lane slices for
     // Q8_0/Q6_K, one lane per chunk for Q4_K/Q5_0
     setenv("MT_CUDA_FV_QX", "1", 1);

@@ -858,10 +858,10 @@ __device__ __forceinline__ void pdl_trigger(void) {
 
 // Switches read at each launch decision (so one process can compare paths): MT_CUDA_FMV=0 selects the
 // earlier per-job fused kernels (and the separate activation quantizer), MT_CUDA_PDL=0 plain launches,
-// MT_CUDA_FV_QX=1 moves the
-// int8 path onto the persistent kernel (s: Q8_0 and Q6_K only), MT_CUDA_FV_BPS the persistent grid's blocks
-// per SM (default 8, capped by occupancy), MT_CUDA_FV_PF the MiB of weights a launch prefetches into L2
-// before its wait (default 0), MT_CUDA_FV_KS the most warps that share a row (default FV_KS_MAX).
+// MT_CUDA_FV_QX=1 moves the int8 path onto the persistent kernel (s: Q8_0 and Q6_K only),
+// MT_CUDA_FV_BPS the persistent grid's blocks per SM (default 8, capped by occupancy), MT_CUDA_FV_PF the MiB
+// of weights a launch prefetches into L2 before its wait (default 0), MT_CUDA_FV_KS the most warps that share
+// a row (default FV_KS_MAX), MT_CUDA_FV_XG=0 stages x in shared memory also when the stage has no norm.
 static bool env_on(const char *name) {
     const char *e = getenv(name);
     return !(e && e[0] == '0');
@@ -1242,8 +1242,9 @@ template <int DT> __device__ __forceinline__ float dot8(uint4 w, float4 a, float
            f3.y * b.w;
 }
 
-// Chunks c0, c0 + stride, ... of one or two F16/BF16 rows against shared x.
-template <int DT, int R>
+// Chunks c0, c0 + stride, ... of one or two F16/BF16 rows against x: chunk c's halves at xa[c * XS] and
+// xb[c * XS] (XS 1: the split copy in shared memory; XS 2: the row itself in global memory, read-only here).
+template <int DT, int R, int XS = 1>
 __device__ __forceinline__ float2 fv_dot(const uint8_t *w0, const uint8_t *w1, const float4 *xa,
                                          const float4 *xb, int nc, int c0, int stride) {
     float a0 = 0.0f, a1 = 0.0f;
@@ -1260,7 +1261,11 @@ __device__ __forceinline__ float2 fv_dot(const uint8_t *w0, const uint8_t *w1, c
 #pragma unroll
         for (int u = 0; u < FV_UNROLL; u++) {
             int cc = min(c + u * stride, nc - 1);
-            float4 a = xa[cc], b = xb[cc];
+            float4 a, b;
+            if constexpr (XS == 1)
+                a = xa[cc], b = xb[cc];
+            else
+                a = __ldg(xa + (int64_t)cc * XS), b = __ldg(xb + (int64_t)cc * XS);
             float d0 = dot8<DT>(q0[u], a, b);
             a0 += c + u * stride < nc ? d0 : 0.0f;
             if constexpr (R == 2) {
@@ -1376,7 +1381,9 @@ __device__ __forceinline__ void fv_rows(const fused_mv &p, int64_t job, fm_job q
 
 // QX: DT is one of the int8-path types and x is quantized in shared memory; else DT is F16 or BF16.
 // p.norm_w: the stage's rmsnorm weight (NULL: x is used as is). ks warps per job (1, 2, 4 or 8).
-template <int DT, int MODE, bool QX>
+// XG: no norm and x read from global memory (through L1) instead of a shared copy: no staging latency, no
+// shared memory, so more blocks per SM (the 7B down projection would stage 74 KiB per block).
+template <int DT, int MODE, bool QX, bool XG = false>
 __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t pf) {
     extern __shared__ __align__(16) unsigned char fv_sh[];
     __shared__ float red[FV_WARPS][2];
@@ -1413,7 +1420,7 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
         float2 *qs = (float2 *)(fv_sh + 32 * nc);
 #pragma unroll 4
         for (int i = threadIdx.x; i < nc; i += FV_THREADS) qs[i] = p.xs[i];
-    } else {
+    } else if constexpr (!XG) {
         float inv = 1.0f;
         const bool norm = p.norm_w != NULL;
         if (norm) { // same arithmetic as k_rmsnorm, so every path sees the same inputs
@@ -1447,6 +1454,9 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
             else if constexpr (QX)
                 s = qfv_dot<DT, R>(w0, w1, (const int4 *)fv_sh, (const int4 *)(fv_sh + 16 * nc),
                                    (const float2 *)(fv_sh + 32 * nc), nc, sub * 32 + lane, 32 * ks);
+            else if constexpr (XG)
+                s = fv_dot<DT, R, 2>(w0, w1, (const float4 *)p.x, (const float4 *)p.x + 1, nc,
+                                     sub * 32 + lane, 32 * ks);
             else
                 s = fv_dot<DT, R>(w0, w1, (const float4 *)fv_sh, (const float4 *)fv_sh + nc, nc,
                                   sub * 32 + lane, 32 * ks);
@@ -1513,11 +1523,13 @@ template <int DT, int MODE, bool QX> static mt_status fv_go(fused_mv p, int64_t 
     // split a job's row while each lane keeps at least 2 x FV_UNROLL steps
     while (ks < FV_WARPS && 2 * ks <= ks_max && nc >= step * FV_UNROLL * 2 * ks) ks *= 2;
     size_t sm = QX ? (size_t)p.k + (size_t)p.k / 4 : (size_t)p.k * 4;
+    void (*f)(fused_mv, int, int64_t) = k_fmv<DT, MODE, QX>;
     if constexpr (QX) {
         MT_TRY(qx_quantize(p.x, p.norm_w, p.eps, p.k));
         p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
+    } else if (!p.norm_w && ((uintptr_t)p.x & 15) == 0 && env_on("MT_CUDA_FV_XG")) {
+        f = k_fmv<DT, MODE, false, true>, sm = 0;
     }
-    void (*f)(fused_mv, int, int64_t) = k_fmv<DT, MODE, QX>;
     const char *e = getenv("MT_CUDA_FV_BPS");
     int bps = e && atoi(e) > 0 ? atoi(e) : 8, occ = fv_occupancy((const void *)f, sm);
     if (bps > occ) bps = occ;
