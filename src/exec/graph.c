@@ -574,6 +574,7 @@ void mt_graph_exec_free(mt_graph_exec *ex) {
 
 size_t mt_graph_exec_bytes(const mt_graph_exec *ex) {
     return ex->arena_bytes + ex->scratch_per_thread * (size_t)ex->n_threads +
+           (ex->spans ? (size_t)ex->n_st * (size_t)ex->n_threads * sizeof *ex->spans : 0) +
            (size_t)ex->n_nodes *
                (sizeof(mt_node) + 4 * sizeof(mt_tensor) + sizeof(mt_gext) + 5 * sizeof(int));
 }
