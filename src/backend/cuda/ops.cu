@@ -861,7 +861,8 @@ __device__ __forceinline__ void pdl_trigger(void) {
 // MT_CUDA_FV_QX=1 moves the int8 path onto the persistent kernel (s: Q8_0 and Q6_K only),
 // MT_CUDA_FV_BPS the persistent grid's blocks per SM (default 8, capped by occupancy), MT_CUDA_FV_PF the MiB
 // of weights a launch prefetches into L2 before its wait (default 0), MT_CUDA_FV_KS the most warps that share
-// a row (default FV_KS_MAX), MT_CUDA_FV_XG=0 stages x in shared memory also when the stage has no norm.
+// a row (default FV_KS_MAX), MT_CUDA_FV_XG=0 stages x in shared memory also when the stage has no norm,
+// MT_CUDA_FV_PRE=0 skips the weight loads issued before the dependency wait.
 static bool env_on(const char *name) {
     const char *e = getenv(name);
     return !(e && e[0] == '0');
@@ -1242,37 +1243,58 @@ template <int DT> __device__ __forceinline__ float dot8(uint4 w, float4 a, float
            f3.y * b.w;
 }
 
-// Chunks c0, c0 + stride, ... of one or two F16/BF16 rows against x: chunk c's halves at xa[c * XS] and
-// xb[c * XS] (XS 1: the split copy in shared memory; XS 2: the row itself in global memory, read-only here).
+// One batch of FV_UNROLL chunks (c, c + stride, ...) of one or two rows into registers; chunks past the end
+// re-read the last one (and count zero in fv_use), so every load is unconditional and issued before use.
+template <int R>
+__device__ __forceinline__ void fv_load(const uint8_t *w0, const uint8_t *w1, int nc, int c, int stride,
+                                        uint4 (&q0)[FV_UNROLL], uint4 (&q1)[FV_UNROLL]) {
+#pragma unroll
+    for (int u = 0; u < FV_UNROLL; u++) {
+        int cc = min(c + u * stride, nc - 1);
+        q0[u] = ld_stream(w0 + (int64_t)cc * 16);
+        if constexpr (R == 2) q1[u] = ld_stream(w1 + (int64_t)cc * 16);
+    }
+}
+
+// Dots a loaded batch with x: chunk c's halves at xa[c * XS] and xb[c * XS] (XS 1: the split copy in
+// shared memory; XS 2: the row itself in global memory, read-only here).
+template <int DT, int R, int XS>
+__device__ __forceinline__ void fv_use(const uint4 (&q0)[FV_UNROLL], const uint4 (&q1)[FV_UNROLL],
+                                       const float4 *xa, const float4 *xb, int nc, int c, int stride,
+                                       float &a0, float &a1) {
+#pragma unroll
+    for (int u = 0; u < FV_UNROLL; u++) {
+        int cc = min(c + u * stride, nc - 1);
+        float4 a, b;
+        if constexpr (XS == 1)
+            a = xa[cc], b = xb[cc];
+        else
+            a = __ldg(xa + (int64_t)cc * XS), b = __ldg(xb + (int64_t)cc * XS);
+        float d0 = dot8<DT>(q0[u], a, b);
+        a0 += c + u * stride < nc ? d0 : 0.0f;
+        if constexpr (R == 2) {
+            float d1 = dot8<DT>(q1[u], a, b);
+            a1 += c + u * stride < nc ? d1 : 0.0f;
+        }
+    }
+}
+
+// Chunks c0, c0 + stride, ... of one or two F16/BF16 rows against x; pre: the first batch is already in
+// p0 / p1 (loaded by the caller before the kernel's dependency wait).
 template <int DT, int R, int XS = 1>
 __device__ __forceinline__ float2 fv_dot(const uint8_t *w0, const uint8_t *w1, const float4 *xa,
-                                         const float4 *xb, int nc, int c0, int stride) {
+                                         const float4 *xb, int nc, int c0, int stride, bool pre,
+                                         const uint4 (&p0)[FV_UNROLL], const uint4 (&p1)[FV_UNROLL]) {
     float a0 = 0.0f, a1 = 0.0f;
-    // batches of FV_UNROLL chunks; chunks past the end re-read the last one and count zero, so every
-    // load of a batch is unconditional and issued before the first use
-    for (int c = c0; c < nc; c += FV_UNROLL * stride) {
+    int c = c0;
+    if (pre && c < nc) {
+        fv_use<DT, R, XS>(p0, p1, xa, xb, nc, c, stride, a0, a1);
+        c += FV_UNROLL * stride;
+    }
+    for (; c < nc; c += FV_UNROLL * stride) {
         uint4 q0[FV_UNROLL], q1[FV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < FV_UNROLL; u++) {
-            int cc = min(c + u * stride, nc - 1);
-            q0[u] = ld_stream(w0 + (int64_t)cc * 16);
-            if constexpr (R == 2) q1[u] = ld_stream(w1 + (int64_t)cc * 16);
-        }
-#pragma unroll
-        for (int u = 0; u < FV_UNROLL; u++) {
-            int cc = min(c + u * stride, nc - 1);
-            float4 a, b;
-            if constexpr (XS == 1)
-                a = xa[cc], b = xb[cc];
-            else
-                a = __ldg(xa + (int64_t)cc * XS), b = __ldg(xb + (int64_t)cc * XS);
-            float d0 = dot8<DT>(q0[u], a, b);
-            a0 += c + u * stride < nc ? d0 : 0.0f;
-            if constexpr (R == 2) {
-                float d1 = dot8<DT>(q1[u], a, b);
-                a1 += c + u * stride < nc ? d1 : 0.0f;
-            }
-        }
+        fv_load<R>(w0, w1, nc, c, stride, q0, q1);
+        fv_use<DT, R, XS>(q0, q1, xa, xb, nc, c, stride, a0, a1);
     }
     return make_float2(a0, a1);
 }
@@ -1384,7 +1406,7 @@ __device__ __forceinline__ void fv_rows(const fused_mv &p, int64_t job, fm_job q
 // XG: no norm and x read from global memory (through L1) instead of a shared copy: no staging latency, no
 // shared memory, so more blocks per SM (the 7B down projection would stage 74 KiB per block).
 template <int DT, int MODE, bool QX, bool XG = false>
-__global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t pf) {
+__global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t pf, int preload) {
     extern __shared__ __align__(16) unsigned char fv_sh[];
     __shared__ float red[FV_WARPS][2];
     __shared__ float2 rope_t[FV_ROPE]; // q/k/v: the position's rope {cos, sin}, one double evaluation each
@@ -1403,6 +1425,19 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
                 prefetch_l2(w0 + o);
                 if constexpr (R == 2) prefetch_l2(w1 + o);
             }
+        }
+    }
+    // F16/BF16: the first batch of the first job's weights goes out before the wait (weights are never
+    // written), so its latency overlaps the previous kernel's tail and this block's staging of x
+    uint4 pq0[FV_UNROLL], pq1[FV_UNROLL];
+    bool pre = false;
+    if constexpr (!QX) {
+        int64_t job = (int64_t)blockIdx.x * per + wid / ks;
+        if (preload && job < jobs && sub * 32 + lane < nc) {
+            const uint8_t *w0, *w1;
+            fv_rows<MODE>(p, job, fv_job<MODE>(p, job), &w0, &w1);
+            fv_load<R>(w0, w1, nc, sub * 32 + lane, 32 * ks, pq0, pq1);
+            pre = true;
         }
     }
     pdl_wait();
@@ -1439,7 +1474,8 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
         }
     }
     __syncthreads();
-    for (int64_t g = blockIdx.x; g * per < jobs; g += gridDim.x) {
+    // one job group; the first one is peeled off below so the preloaded batch is dead afterwards
+    auto group = [&](int64_t g, bool use_pre) {
         int64_t job = g * per + wid / ks;
         bool live = job < jobs;
         float2 s = make_float2(0.0f, 0.0f);
@@ -1456,10 +1492,10 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
                                    (const float2 *)(fv_sh + 32 * nc), nc, sub * 32 + lane, 32 * ks);
             else if constexpr (XG)
                 s = fv_dot<DT, R, 2>(w0, w1, (const float4 *)p.x, (const float4 *)p.x + 1, nc,
-                                     sub * 32 + lane, 32 * ks);
+                                     sub * 32 + lane, 32 * ks, use_pre, pq0, pq1);
             else
                 s = fv_dot<DT, R>(w0, w1, (const float4 *)fv_sh, (const float4 *)fv_sh + nc, nc,
-                                  sub * 32 + lane, 32 * ks);
+                                  sub * 32 + lane, 32 * ks, use_pre, pq0, pq1);
             s.x = warp_sum(s.x);
             if constexpr (R == 2) s.y = warp_sum(s.y);
         }
@@ -1474,7 +1510,10 @@ __global__ void __launch_bounds__(FV_THREADS) k_fmv(fused_mv p, int ks, int64_t 
             float sv[2] = {s.x, s.y};
             fm_store<MODE>(p, job, q, sv, tab ? rope_t : NULL);
         }
-    }
+    };
+    int64_t g = blockIdx.x; // block-uniform: every warp of the block walks the same groups
+    if (g * per < jobs) group(g, pre);
+    for (g += gridDim.x; g * per < jobs; g += gridDim.x) group(g, false);
 }
 
 static int fv_sms(void) {
@@ -1523,7 +1562,7 @@ template <int DT, int MODE, bool QX> static mt_status fv_go(fused_mv p, int64_t 
     // split a job's row while each lane keeps at least 2 x FV_UNROLL steps
     while (ks < FV_WARPS && 2 * ks <= ks_max && nc >= step * FV_UNROLL * 2 * ks) ks *= 2;
     size_t sm = QX ? (size_t)p.k + (size_t)p.k / 4 : (size_t)p.k * 4;
-    void (*f)(fused_mv, int, int64_t) = k_fmv<DT, MODE, QX>;
+    void (*f)(fused_mv, int, int64_t, int) = k_fmv<DT, MODE, QX>;
     if constexpr (QX) {
         MT_TRY(qx_quantize(p.x, p.norm_w, p.eps, p.k));
         p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
@@ -1541,7 +1580,8 @@ template <int DT, int MODE, bool QX> static mt_status fv_go(fused_mv p, int64_t 
     int64_t budget = e ? (int64_t)atoi(e) << 20 : 0; // off: measured slower (7B F16 138 vs 142 tok/s)
     int64_t rows = (int64_t)grid * per * (MODE == FM_GLU || MODE == FM_QKV ? 2 : 1);
     int64_t pf = budget / rows / 128 * 128;
-    cudaError_t err = launch_pdl(f, dim3(grid), dim3(FV_THREADS), sm, p, ks, pf);
+    int preload = env_on("MT_CUDA_FV_PRE") ? 1 : 0;
+    cudaError_t err = launch_pdl(f, dim3(grid), dim3(FV_THREADS), sm, p, ks, pf, preload);
     return err == cudaSuccess ? mt_cu_launched("persistent matvec") : MT_CU_FAIL(err, "persistent matvec");
 }
 
