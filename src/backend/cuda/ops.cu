@@ -1207,13 +1207,13 @@ static bool fm_vec_ok(const void *p) {
 
 // ---- persistent one-token matvec ------------------------------------------------------------------------
 //
-// A block stages the activation row once in shared memory (normalized when the stage has a norm, and
-// quantized to int8 blocks for the dp4a path, by the block itself: no norm or quantize launch of its own),
+// A block stages the activation row once in shared memory (normalized there when the stage has a norm; the
+// int8 variant copies the quants of qx_quantize; stages without a norm read x from global memory instead),
 // then walks its share of the jobs, KS warps splitting a job's row. A lane issues FV_UNROLL 16-byte weight
 // loads before the first use. Shared x is split per 8- or 32-element chunk into two 16-byte halves held in
 // two arrays, so a warp's chunk reads are conflict-free. Launched with programmatic dependent launch: a block
-// prefetches its first rows into L2, then waits for the previous kernel; so the launch gap and the
-// previous kernel's tail overlap with this one's first weight bytes.
+// loads the first batch of its first job's weights, then waits for the previous kernel; so the launch gap,
+// the previous kernel's tail and the staging of x overlap with this one's first weight bytes.
 
 // FV_KS_MAX: 4 warps per row at most (7B down projection: 152 tok/s vs 148 with 8, fewer barriers)
 enum { FV_WARPS = 8, FV_THREADS = 32 * FV_WARPS, FV_UNROLL = 4, FV_ROPE = 128, FV_KS_MAX = 4 };
