@@ -45,6 +45,13 @@ void *mt_malloc(size_t n, const char *what) {
     return p;
 }
 
+void *mt_malloc_aligned(size_t n, const char *what) {
+    size_t rounded = (n + 63) & ~(size_t)63; // aligned_alloc wants a multiple of the alignment
+    void *p = rounded >= n ? aligned_alloc(64, rounded ? rounded : 64) : NULL;
+    if (!p) mt_fail(MT_ERR_NOMEM, "cannot allocate %zu aligned bytes for %s", n, what);
+    return p;
+}
+
 void *mt_calloc(size_t count, size_t size, const char *what) {
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p) mt_fail(MT_ERR_NOMEM, "cannot allocate %zu x %zu bytes for %s", count, size, what);

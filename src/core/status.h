@@ -50,5 +50,7 @@ const char *mt_last_error(void);
 // Checked allocation helpers: fail with MT_ERR_NOMEM naming what was being allocated.
 void *mt_malloc(size_t n, const char *what);
 void *mt_calloc(size_t count, size_t size, const char *what);
+// 64-byte aligned (a cache line, one AVX-512 vector); release with free().
+void *mt_malloc_aligned(size_t n, const char *what);
 
 #endif
