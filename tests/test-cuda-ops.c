@@ -230,9 +230,24 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Prompt of n_prompt tokens, then n_gen greedy steps; returns the greedy tokens and the prompt logits.
+// Gap between the two largest logits of a row, relative to its largest magnitude: how near a tie the
+// greedy choice from this row is.
+static double top2_gap(const float *l, int n) {
+    float a = -INFINITY, b = -INFINITY, mx = 0;
+    for (int i = 0; i < n; i++) {
+        if (l[i] > a)
+            b = a, a = l[i];
+        else if (l[i] > b)
+            b = l[i];
+        if (fabsf(l[i]) > mx) mx = fabsf(l[i]);
+    }
+    return mx > 0 ? (double)(a - b) / mx : 0;
+}
+
+// Prompt of n_prompt tokens, then n_gen greedy steps; returns the greedy tokens and the prompt logits;
+// gap (may be NULL; host-logit sessions only) gets top2_gap of the row each greedy token came from.
 static mt_status run_model(mt_model *m, mt_device_kind dev, bool graphs, int n_prompt, int n_gen,
-                           int32_t *toks, float *logits, float *last) {
+                           int32_t *toks, float *logits, float *last, double *gap) {
     const mt_qwen2_config *c = mt_model_config(m);
     mt_session_opts o = mt_session_default_opts();
     o.n_ctx = 256, o.n_batch = 64, o.device = dev, o.cuda_graphs = graphs, o.n_threads = 0;
@@ -251,12 +266,14 @@ static mt_status run_model(mt_model *m, mt_device_kind dev, bool graphs, int n_p
         memcpy(logits + (size_t)i * c->n_vocab, mt_session_logits(s, i), (size_t)c->n_vocab * sizeof(float));
     int32_t t = 0;
     if (st == MT_OK) st = mt_session_argmax(s, n_prompt - 1, &t);
+    if (st == MT_OK && gap) gap[0] = top2_gap(logits + (size_t)(n_prompt - 1) * c->n_vocab, c->n_vocab);
     for (int i = 0; st == MT_OK && i < n_gen; i++) {
         toks[i] = t;
         int32_t p = n_prompt + i, q = 0;
         mt_batch one = {1, &t, &p, &q, NULL};
         st = mt_session_decode(s, &one);
         if (st == MT_OK) st = mt_session_argmax(s, 0, &t);
+        if (st == MT_OK && gap && i + 1 < n_gen) gap[i + 1] = top2_gap(mt_session_logits(s, 0), c->n_vocab);
     }
     // the last one-token step's logits: what the fused decode path (graph sessions) computed
     const float *lp = st == MT_OK ? mt_session_logits(s, 0) : NULL;
@@ -353,9 +370,11 @@ static void test_model(const char *path) {
     float *lc = malloc(L * 4), *lg = malloc(L * 4), *xc = malloc((size_t)c->n_vocab * 4),
           *xg = malloc((size_t)c->n_vocab * 4);
     int32_t tc[48], tg[48];
-    CHECK(run_model(m, MT_DEVICE_CPU, false, np, ng, tc, lc, xc) == MT_OK, "cpu: %s", mt_last_error());
+    double gap[48];
+    CHECK(run_model(m, MT_DEVICE_CPU, false, np, ng, tc, lc, xc, gap) == MT_OK, "cpu: %s", mt_last_error());
     for (int gr = 0; gr < 2; gr++) {
-        CHECK(run_model(m, MT_DEVICE_CUDA, gr, np, ng, tg, lg, xg) == MT_OK, "cuda: %s", mt_last_error());
+        CHECK(run_model(m, MT_DEVICE_CUDA, gr, np, ng, tg, lg, xg, NULL) == MT_OK, "cuda: %s",
+              mt_last_error());
         double num = 0, den = 0, worst = 0;
         for (size_t i = 0; i < L; i++) {
             double e = fabs((double)lc[i] - lg[i]);
@@ -379,7 +398,16 @@ static void test_model(const char *path) {
         printf("    model %s [%s]: prompt logits rel diff %.3e (max abs %.3e), greedy tokens equal %d/%d\n",
                path, gr ? "graph" : "legacy", rel, worst, same, ng);
         CHECK(rel < 2e-2, "model logits rel diff %.3g", rel);
-        CHECK(same >= ng / 2, "greedy tokens diverge at step %d", same);
+        // Greedy streams may part only at a near tie of the CPU's logits: random weights give flat
+        // logits, where the F16 rounding of the prompt GEMMs (rel ~1e-2) can flip the top two. A
+        // divergence at a clear step (gap over 2% of the largest logit) is an error.
+        if (same < ng)
+            printf("    model %s [%s]: greedy streams part at step %d, CPU top-2 gap there %.2e of max "
+                   "|logit|\n",
+                   path, gr ? "graph" : "legacy", same, gap[same]);
+        CHECK(same == ng || gap[same] < 2e-2,
+              "greedy tokens diverge at step %d where the CPU's top-2 gap is %.3g", same,
+              same < ng ? gap[same] : 0.0);
     }
     test_int8_forced(m, path, tc, np, ng);
     free(lc), free(lg), free(xc), free(xg);
