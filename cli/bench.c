@@ -38,8 +38,11 @@ typedef struct {
     int_list prompts, gens, threads, depths;
     int reps;
     out_fmt fmt;
-    const char *backend;
-    const char *device; // "cpu" or "cuda"
+    const char *backend;  // the one path, or the first of a paired list
+    const char *paths[2]; // --backend A,B: both paths, alternated within every repetition
+    int n_paths;          // 1, or 2 for a paired comparison
+    char backend_arg[32]; // storage for the paths of a list
+    const char *device;   // "cpu" or "cuda"
     int verbose;
 } bench_opts;
 
@@ -59,6 +62,11 @@ typedef struct {
     double *samples_ns; // [reps]
     double avg_ns, sd_ns, avg_ts, sd_ts;
     double bytes_per_token; // tg only: weights + KV read per step, averaged over the steps
+    const char *path;       // the --backend value this row ran with
+    // Second path of a paired run: median, min and max over the repetitions of this row's t/s divided
+    // by the first path's t/s of the same repetition (0: not paired).
+    double pair_ratio, pair_min, pair_max;
+    const char *pair_base; // the first path
 } bench_row;
 
 static bool is_cuda(const bench_opts *o) {
@@ -73,7 +81,9 @@ static void usage(FILE *f) {
                "  -t, --threads N[,N..]    threads (default: one per core)\n"
                "  -d, --n-depth N[,N..]    tokens already in the KV cache before each test (default 0)\n"
                "  -o, --output md|json|csv|jsonl   output format (default md)\n"
-               "  --backend legacy|graph|auto      execution path (default auto)\n"
+               "  --backend legacy|graph|auto      execution path (default auto); two paths A,B (e.g.\n"
+               "                                   legacy,graph) run back to back in every repetition,\n"
+               "                                   alternating which goes first, and add B/A ratios\n"
                "  --device cpu|cuda        device (default: cuda when built with it and a GPU is present)\n"
                "  -v, --verbose            progress on stderr; md adds achieved GB/s for tg rows\n"
                "  -h, --help               this help\n");
@@ -115,6 +125,8 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     o->reps = 5;
     o->fmt = OUT_MD;
     o->backend = "auto";
+    o->paths[0] = "auto";
+    o->n_paths = 1;
     o->device = mt_device_available(MT_DEVICE_CUDA) ? "cuda" : "cpu";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -168,9 +180,21 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             else
                 rc = usage_error(a, v, "expected md, json, csv or jsonl");
         } else if (!strcmp(a, "--backend")) {
-            if (strcmp(v, "legacy") && strcmp(v, "graph") && strcmp(v, "auto"))
-                rc = usage_error(a, v, "expected legacy, graph or auto");
-            o->backend = v;
+            // one path, or two separated by a comma (a paired comparison)
+            if (strlen(v) >= sizeof o->backend_arg) return usage_error(a, v, "too long");
+            snprintf(o->backend_arg, sizeof o->backend_arg, "%s", v);
+            char *comma = strchr(o->backend_arg, ',');
+            if (comma) *comma = 0;
+            o->paths[0] = o->backend_arg;
+            o->paths[1] = comma ? comma + 1 : NULL;
+            o->n_paths = comma ? 2 : 1;
+            for (int k = 0; k < o->n_paths && !rc; k++)
+                if (strcmp(o->paths[k], "legacy") && strcmp(o->paths[k], "graph") &&
+                    strcmp(o->paths[k], "auto"))
+                    rc = usage_error(a, v, "expected legacy, graph or auto, or two of them as A,B");
+            if (!rc && o->n_paths == 2 && !strcmp(o->paths[0], o->paths[1]))
+                rc = usage_error(a, v, "the two paths of a paired comparison must differ");
+            o->backend = o->paths[0];
         } else { // --device
             mt_device_kind d;
             if (mt_device_parse(v, &d) != MT_OK)
@@ -369,6 +393,12 @@ static void print_md_row(const bench_opts *o, const model_info *mi, const bench_
             printf(" |");
     }
     printf("\n");
+    if (r->pair_ratio > 0) {
+        // the paired ratio: median [min, max] over the repetitions of (this path / the first path)
+        printf("| %s | %s | %s | %s/%s | %d | %s | x%.3f [%.3f, %.3f] |", mi->type, size, params, r->path,
+               r->pair_base, r->threads, test, r->pair_ratio, r->pair_min, r->pair_max);
+        printf("%s\n", o->verbose ? " |" : "");
+    }
     fflush(stdout);
 }
 
@@ -404,6 +434,12 @@ static cJSON *row_json(const bench_opts *o, const model_info *mi, const bench_ro
     // Not in llama-bench: what a decode step reads, and the resulting bandwidth (0 for pp rows).
     cJSON_AddNumberToObject(j, "bytes_per_token", r->n_gen ? llround(r->bytes_per_token) : 0);
     cJSON_AddNumberToObject(j, "avg_gbs", r->n_gen ? r->bytes_per_token * r->avg_ts / 1e9 : 0);
+    if (r->pair_ratio > 0) {
+        cJSON_AddStringToObject(j, "pair_base", r->pair_base);
+        cJSON_AddNumberToObject(j, "pair_ratio", r->pair_ratio);
+        cJSON_AddNumberToObject(j, "pair_ratio_min", r->pair_min);
+        cJSON_AddNumberToObject(j, "pair_ratio_max", r->pair_max);
+    }
     return j;
 }
 
@@ -475,7 +511,22 @@ static int runtime_error(const char *what) {
     return 1;
 }
 
-// Runs every test for one thread count; rows are emitted as they finish.
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+// Points the registry (and the runner) at path k of the options.
+static int use_path(const bench_opts *o, runner *R, mt_session *const *S, int k) {
+    mt_registry_opts ro = {.backend = o->paths[k], .quiet = true};
+    if (mt_registry_configure(&ro) != MT_OK) return runtime_error("registry");
+    R->s = S[k];
+    return 0;
+}
+
+// Runs every test for one thread count; rows are emitted as they finish. With two paths each has its
+// own session (the CUDA graph flag is a session option) and every repetition runs both back to back,
+// the order alternating, so a burst of load from other processes lands on both members of a pair.
 static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi, int threads, int n_ctx,
                          int n_batch, runner *R, double *samples, cJSON *all) {
     mt_session_opts so = mt_session_default_opts();
@@ -484,50 +535,78 @@ static int bench_threads(const bench_opts *o, mt_model *m, const model_info *mi,
     so.n_threads = threads;
     so.n_batch = n_batch;
     so.device = is_cuda(o) ? MT_DEVICE_CUDA : MT_DEVICE_CPU;
-    so.cuda_graphs = strcmp(o->backend, "legacy") != 0; // the graph path replays fused launches
-    if (mt_session_create(m, &so, &R->s) != MT_OK) return runtime_error("session");
-    int rc = 0;
+    mt_session *S[2] = {NULL, NULL};
+    int rc = 0, np = o->n_paths;
+    for (int k = 0; k < np && !rc; k++) {
+        so.cuda_graphs = strcmp(o->paths[k], "legacy") != 0; // the graph path replays fused launches
+        if (mt_session_create(m, &so, &S[k]) != MT_OK) rc = runtime_error("session");
+    }
     for (int pass = 0; pass < 2 * o->depths.n && !rc; pass++) {
         const int_list *l = pass % 2 ? &o->gens : &o->prompts;
         int depth = o->depths.v[pass / 2];
-        for (int k = 0; k < l->n && !rc; k++) {
-            int n = l->v[k];
+        for (int t = 0; t < l->n && !rc; t++) {
+            int n = l->v[t];
             if (n <= 0) continue;
-            bench_row r = {
-                .n_prompt = pass % 2 ? 0 : n, .n_gen = pass % 2 ? n : 0, .threads = threads, .depth = depth};
-            r.samples_ns = samples;
-            time_t t = time(NULL);
-            struct tm tmv;
-            gmtime_r(&t, &tmv);
-            strftime(r.test_time, sizeof r.test_time, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+            bench_row r[2];
             char name[32];
-            test_name(&r, name, sizeof name);
-            if (o->verbose) fprintf(stderr, "bench: %s, %d threads: warm-up\n", name, threads);
-            if (run_once(R, r.n_prompt, r.n_gen, r.depth) < 0) {
-                rc = runtime_error(name);
-                break;
+            for (int k = 0; k < np; k++) {
+                r[k] = (bench_row){.n_prompt = pass % 2 ? 0 : n,
+                                   .n_gen = pass % 2 ? n : 0,
+                                   .threads = threads,
+                                   .depth = depth,
+                                   .path = o->paths[k]};
+                r[k].samples_ns = samples + (size_t)k * o->reps;
+                time_t now = time(NULL);
+                struct tm tmv;
+                gmtime_r(&now, &tmv);
+                strftime(r[k].test_time, sizeof r[k].test_time, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+                test_name(&r[k], name, sizeof name);
+                if (o->verbose)
+                    fprintf(stderr, "bench: %s, %d threads, %s: warm-up\n", name, threads, o->paths[k]);
+                if (np > 1 && (rc = use_path(o, R, S, k)) != 0) break;
+                R->s = S[k];
+                if (run_once(R, r[k].n_prompt, r[k].n_gen, r[k].depth) < 0) rc = runtime_error(name);
             }
-            for (int i = 0; i < o->reps; i++) {
-                double ns = run_once(R, r.n_prompt, r.n_gen, r.depth);
-                if (ns < 0) {
-                    rc = runtime_error(name);
-                    break;
+            for (int i = 0; i < o->reps && !rc; i++) {
+                for (int j = 0; j < np && !rc; j++) {
+                    int k = (i + j) % np; // alternate which path goes first
+                    if (np > 1 && (rc = use_path(o, R, S, k)) != 0) break;
+                    R->s = S[k];
+                    double ns = run_once(R, r[k].n_prompt, r[k].n_gen, r[k].depth);
+                    if (ns < 0) {
+                        rc = runtime_error(name);
+                        break;
+                    }
+                    r[k].samples_ns[i] = ns > 1 ? ns : 1;
+                    if (o->verbose)
+                        fprintf(stderr, "bench: %s run %d, %s: %.3f ms\n", name, i + 1, o->paths[k],
+                                ns / 1e6);
                 }
-                samples[i] = ns > 1 ? ns : 1;
-                if (o->verbose) fprintf(stderr, "bench: %s run %d: %.3f ms\n", name, i + 1, ns / 1e6);
             }
             if (rc) break;
-            fill_stats(&r, o->reps);
-            if (r.n_gen) {
-                // step i attends over start + i + 1 cached positions
-                int start = r.depth > TG_PROMPT ? r.depth : TG_PROMPT;
-                double kv = mi->kv_bytes_per_pos * (start + 1 + (r.n_gen - 1) / 2.0);
-                r.bytes_per_token = mi->decode_weight_bytes + kv;
+            if (np > 1) { // t/s ratio = inverse time ratio, pair by pair
+                double *q = samples + (size_t)2 * o->reps;
+                for (int i = 0; i < o->reps; i++) q[i] = r[0].samples_ns[i] / r[1].samples_ns[i];
+                qsort(q, (size_t)o->reps, sizeof *q, cmp_double);
+                int h = o->reps / 2;
+                r[1].pair_ratio = o->reps % 2 ? q[h] : 0.5 * (q[h - 1] + q[h]);
+                r[1].pair_min = q[0], r[1].pair_max = q[o->reps - 1];
+                r[1].pair_base = o->paths[0];
             }
-            emit_row(o, mi, &r, all);
+            for (int k = 0; k < np && !rc; k++) {
+                fill_stats(&r[k], o->reps);
+                if (r[k].n_gen) {
+                    // step i attends over start + i + 1 cached positions
+                    int start = r[k].depth > TG_PROMPT ? r[k].depth : TG_PROMPT;
+                    double kv = mi->kv_bytes_per_pos * (start + 1 + (r[k].n_gen - 1) / 2.0);
+                    r[k].bytes_per_token = mi->decode_weight_bytes + kv;
+                }
+                if (np > 1) rc = use_path(o, R, S, k); // the backend column reads the registry
+                if (!rc) emit_row(o, mi, &r[k], all);
+            }
         }
     }
-    mt_session_free(R->s);
+    for (int k = 0; k < np; k++) mt_session_free(S[k]);
     R->s = NULL;
     return rc;
 }
@@ -576,7 +655,7 @@ int mt_cmd_bench(int argc, char **argv) {
 
     int32_t *tok = malloc(sizeof *tok * (size_t)n_tok), *pos = malloc(sizeof *pos * (size_t)n_tok);
     int32_t *seq = calloc((size_t)n_tok, sizeof *seq);
-    double *samples = malloc(sizeof *samples * (size_t)o.reps);
+    double *samples = malloc(sizeof *samples * 3 * (size_t)o.reps); // per path, then the pair ratios
     cJSON *all = o.fmt == OUT_JSON ? cJSON_CreateArray() : NULL;
     if (!tok || !pos || !seq || !samples || (o.fmt == OUT_JSON && !all)) {
         fprintf(stderr, "metallic bench: out of memory for %d tokens\n", n_tok);

@@ -201,7 +201,8 @@ BAD = [
     (["-p", "x"], "-p"), (["-p", "16,"], "-p"), (["-n", "-3"], "-n"), (["-r", "0"], "-r"), (["-r", "2,3"], "-r"),
     (["-t", "0"], "-t"), (["-o", "xml"], "-o"), (["--backend", "fast"], "--backend"), (["--device", "tpu"], "--device"),
     (["--frobnicate"], "--frobnicate"), (["-d", "x"], "-d"), (["-p"], "-p"), (["-p", "0", "-n", "0"], "-p/-n"),
-    (["-p", "99999999"], "-p"), (["-p", "40000"], "-p/-n"),
+    (["-p", "99999999"], "-p"), (["-p", "40000"], "-p/-n"), (["--backend", "graph,graph"], "--backend"),
+    (["--backend", "legacy,fast"], "--backend"), (["--backend", "legacy," + "x" * 40], "--backend"),
 ]
 for extra, flag in BAD:
     r = run([model] + extra)
@@ -218,5 +219,23 @@ for path in ("legacy", "graph"):
     r = run([model, "-p", "8", "-n", "0", "-r", "1", "--backend", path])
     report(f"--backend {path}: runs and the backend column says so", r.returncode == 0 and f"CPU/{path} " in r.stdout,
            r.stdout[-300:] + r.stderr[-300:])
+
+# paired comparison: both paths per repetition, rows for each and the ratio of each pair
+r = run([model, "-p", "8", "-n", "2", "-r", "3", "--backend", "legacy,graph", "-o", "json"])
+try:
+    rows = json.loads(r.stdout) if r.returncode == 0 else []
+except ValueError:
+    rows = []
+ok = len(rows) == 4 and [x["backend_path"] for x in rows] == ["legacy", "graph", "legacy", "graph"]
+for a, b in zip(rows[0::2], rows[1::2]):
+    q = sorted(ta / tb for ta, tb in zip(b["samples_ts"], a["samples_ts"]))
+    ok = ok and "pair_ratio" not in a and b.get("pair_base") == "legacy" and len(q) == 3 \
+        and abs(b["pair_ratio"] - q[1]) < 1e-9 * q[1] and abs(b["pair_ratio_min"] - q[0]) < 1e-9 * q[0] \
+        and abs(b["pair_ratio_max"] - q[2]) < 1e-9 * q[2]
+report("--backend legacy,graph: both rows per test, pair ratios = median/min/max of the per-run t/s ratios", ok,
+       r.stdout[-400:] + r.stderr[-300:])
+r = run([model, "-p", "8", "-n", "0", "-r", "2", "--backend", "graph,legacy"])
+report("--backend graph,legacy (md): a ratio row legacy/graph", r.returncode == 0 and "| legacy/graph |" in r.stdout
+       and "CPU/graph" in r.stdout and "CPU/legacy" in r.stdout, r.stdout[-400:] + r.stderr[-300:])
 
 finish()
