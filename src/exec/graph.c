@@ -17,6 +17,9 @@
 
 // From this many tokens a matmul stage runs in the kernels' prefill layout (see run_stage).
 #define GRAPH_PREFILL_TOKENS 8
+// Decode stages split weight rows between threads in groups of 8: the repacked one-token kernels work on
+// 8 interleaved rows, and a slice starting inside a group would run its first rows on the unpacked kernel.
+#define GRAPH_ROW_UNIT 8
 // Tokens an owner takes from its own share per kernel call in a prefill matmul stage: the kernels' largest
 // cache block, so a share is streamed in as many weight passes as one whole call would need.
 #define GRAPH_OWN_CHUNK 64
@@ -688,9 +691,9 @@ static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
         if (s->swiglu >= 0) {
             const mt_node *g = &w[s->idx[0]], *u = &w[s->idx[1]], *sw = &w[s->swiglu];
             long m = (long)g->dst->ne[0], b, e;
-            mt_split((m + 3) / 4, ith, nth, &b, &e);
-            b = 4 * b < m ? 4 * b : m;
-            e = 4 * e < m ? 4 * e : m;
+            mt_split((m + GRAPH_ROW_UNIT - 1) / GRAPH_ROW_UNIT, ith, nth, &b, &e);
+            b = GRAPH_ROW_UNIT * b < m ? GRAPH_ROW_UNIT * b : m;
+            e = GRAPH_ROW_UNIT * e < m ? GRAPH_ROW_UNIT * e : m;
             mt_cpu_matmul_rows(g, b, e, scr);
             mt_cpu_matmul_rows(u, b, e, scr);
             // the thread's own rows of gate and up are still in cache
@@ -698,14 +701,17 @@ static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
             return;
         }
         long units = 0;
-        for (int j = 0; j < s->n_idx; j++) units += (w[s->idx[j]].dst->ne[0] + 3) / 4;
+        for (int j = 0; j < s->n_idx; j++)
+            units += (w[s->idx[j]].dst->ne[0] + GRAPH_ROW_UNIT - 1) / GRAPH_ROW_UNIT;
         long b, e, base = 0;
         mt_split(units, ith, nth, &b, &e);
         for (int j = 0; j < s->n_idx; j++) {
             const mt_node *mm = &w[s->idx[j]];
-            long m = (long)mm->dst->ne[0], u = (m + 3) / 4;
+            long m = (long)mm->dst->ne[0], u = (m + GRAPH_ROW_UNIT - 1) / GRAPH_ROW_UNIT;
             long lo = b > base ? b - base : 0, hi = e - base < u ? e - base : u;
-            if (hi > lo) mt_cpu_matmul_rows(mm, 4 * lo, 4 * hi < m ? 4 * hi : m, scr);
+            if (hi > lo)
+                mt_cpu_matmul_rows(mm, GRAPH_ROW_UNIT * lo, GRAPH_ROW_UNIT * hi < m ? GRAPH_ROW_UNIT * hi : m,
+                                   scr);
             base += u;
         }
         return;
