@@ -205,6 +205,23 @@ static void test_prefill(mt_dtype t, mt_pool *pool2) {
     check_case(t, kq ? 512 : 896, 67, 203, pool2, true, false, tol_for(t));
 }
 
+// F16/BF16 prefill GEMM (8+ tokens a thread): rows not a multiple of its 16-row panel, k not a multiple
+// of 8 or of its 256-element k block, 8..600 tokens (partial 6-token tiles, several 192-token blocks),
+// row views, with and without bias.
+static void test_float_gemm(mt_dtype t, mt_pool *pool2) {
+    const uint64_t saved = rng; // its own draws: the other cases keep their inputs
+    const int64_t ks[5] = {1, 13, 256, 263, 903}, ms[5] = {1, 15, 16, 17, 45}, ns[5] = {8, 11, 17, 203, 600};
+    int c = 0;
+    for (int ki = 0; ki < 5; ki++)
+        for (int mi = 0; mi < 5; mi++)
+            for (int ni = 0; ni < 5; ni++, c++) {
+                if (ns[ni] > 17 && (ki != 3 || mi == 2)) continue; // long token runs: a few shapes
+                check_case_v(t, ks[ki], ms[mi], ns[ni], NULL, c & 1, false, tol_for(t), false, c % 3);
+                check_case_v(t, ks[ki], ms[mi], ns[ni], pool2, !(c & 1), c % 2 == 0, tol_for(t), false, 0);
+            }
+    rng = saved;
+}
+
 // Decode on repacked weights: rows not a multiple of 8, views starting inside a group, 1 and 2 threads,
 // and more than one token (which must ignore the packed copy).
 static void test_repacked(mt_dtype t, mt_pool *pool2) {
@@ -279,6 +296,11 @@ int main(void) {
             snprintf(name, sizeof name, "%s/%s/prefill", mt_cpu_isa_name((mt_cpu_isa_level)l),
                      mt_dtype_name(k_types[i]));
             RUN_NAMED(name, test_prefill(k_types[i], pool2));
+            if (k_types[i] == MT_F16 || k_types[i] == MT_BF16) {
+                snprintf(name, sizeof name, "%s/%s/gemm", mt_cpu_isa_name((mt_cpu_isa_level)l),
+                         mt_dtype_name(k_types[i]));
+                RUN_NAMED(name, test_float_gemm(k_types[i], pool2));
+            }
             if (!mt_cpu_repack_supports(k_types[i])) continue;
             snprintf(name, sizeof name, "%s/%s/repacked", mt_cpu_isa_name((mt_cpu_isa_level)l),
                      mt_dtype_name(k_types[i]));

@@ -38,9 +38,22 @@ size_t mt_mm_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
     case MT_Q5_K:
     case MT_Q6_K:
         return (size_t)(k / 256) * 292 * (size_t)n;
+    case MT_F16:
+    case MT_BF16: // one F32 weight panel of the prefill GEMM (16 rows x 256 k)
+        return 16 * 256 * sizeof(float);
     default:
         return 0;
     }
+}
+
+// METALLIC_F16_GEMM=0 keeps F16/BF16 prefill on the dot-product tiles (for A/B runs in one binary).
+bool mt_mm_float_gemm_enabled(void) {
+    static int on = -1; // benign race: every thread computes the same value
+    if (on < 0) {
+        const char *e = getenv("METALLIC_F16_GEMM");
+        on = !(e && e[0] == '0');
+    }
+    return on;
 }
 
 size_t mt_cpu_matmul_fast_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
