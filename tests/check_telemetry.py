@@ -175,6 +175,24 @@ report("ab without a prompt: usage error", p.returncode == 2 and "ab" in p.stder
 p = run(["ab", tiny, "x", "--max-tokens", "0"])
 report("ab --max-tokens 0: usage error naming it", p.returncode == 2 and "--max-tokens" in p.stderr, p.stderr)
 
+# ---- repacked weights: the memory a CPU session adds, in the event and in `inspect` ----
+if not os.path.exists(args.model):
+    skip("WeightRepack event and inspect agree on the real model", f"{args.model} absent")
+else:
+    rp = os.path.join(tmp, "repack.jsonl")
+    p = run(["run", args.model, "hi", "--max-tokens", "1", "--device", "cpu"], {"METALLIC_METRICS_JSONL_PATH": rp})
+    ev = [e for e in events(rp) if e["event"] == "WeightRepack"] if p.returncode == 0 else []
+    q = run(["inspect", args.model])
+    line = [x for x in q.stdout.splitlines() if x.startswith("cpu repack:")]
+    shown = int(line[0].split()[2]) if line else -1
+    report("WeightRepack event and inspect agree on the real model (bytes of the packed copies)",
+           len(ev) == 1 and ev[0]["bytes"] == shown > 0 and ev[0]["total_bytes"] == shown,
+           f"events {ev}, inspect {line}")
+    p = run(["run", args.model, "hi", "--max-tokens", "1", "--device", "cpu"],
+            {"METALLIC_METRICS_JSONL_PATH": rp + "2", "METALLIC_REPACK": "0"})
+    ev = [e for e in events(rp + "2") if e["event"] == "WeightRepack"] if p.returncode == 0 else None
+    report("METALLIC_REPACK=0: no packed copies, no WeightRepack event", ev == [], f"rc {p.returncode}, {ev}")
+
 # ---- overhead of throughput-mode telemetry on the real model (benchmark, printed) ----
 if not os.path.exists(args.model):
     skip("throughput-mode overhead on the real model", f"{args.model} absent")
