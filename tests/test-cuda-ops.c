@@ -503,6 +503,22 @@ int main(int argc, char **argv) {
     RUN_NAMED("matmul_q5_0_k896_m151_n1", test_matmul(MT_Q5_0, 896, 151, 1, 0));
     RUN_NAMED("matmul_q6_k_k3584_m37_n1", test_matmul(MT_Q6_K, 3584, 37, 1, 1));
     RUN_NAMED("matmul_q8_0_k4864_m45_n1", test_matmul(MT_Q8_0, 4864, 45, 1, 1));
+    // Q4_K with a lane per chunk pair (the default): a warp per row (8192 rows or more) with a partial last
+    // block of 4 rows, and split rows
+    RUN_NAMED("matmul_q4_k_k768_m8195_n1", test_matmul(MT_Q4_K, 768, 8195, 1, 1));
+    RUN_NAMED("matmul_q4_k_k4864_m45_n1", test_matmul(MT_Q4_K, 4864, 45, 1, 0));
+    setenv("MT_CUDA_Q4P", "0", 1); // the chunk-per-lane Q4_K kernel it replaced (A/B switch)
+    RUN_NAMED("matmul_q4_k_k3584_m520_n1_old", test_matmul(MT_Q4_K, 3584, 520, 1, 1));
+    unsetenv("MT_CUDA_Q4P");
+    // Q6_K with 16 lanes per block (opt-in, MT_CUDA_Q6=1): an odd block count per row (rows 2-byte aligned,
+    // every other block at 2 mod 4), split rows (under 8192) and a warp per row
+    setenv("MT_CUDA_Q6", "1", 1);
+    RUN_NAMED("matmul_q6_k_k4864_m45_n1_q6", test_matmul(MT_Q6_K, 4864, 45, 1, 1));
+    RUN_NAMED("matmul_q6_k_k18944_m72_n1_q6", test_matmul(MT_Q6_K, 18944, 72, 1, 0));
+    RUN_NAMED("matmul_q6_k_k1792_m8195_n1_q6", test_matmul(MT_Q6_K, 1792, 8195, 1, 0));
+    RUN_NAMED("matmul_q6_k_k768_m8197_n1_q6", test_matmul(MT_Q6_K, 768, 8197, 1, 1));
+    unsetenv("MT_CUDA_Q6");
+    RUN_NAMED("matmul_q6_k_k1792_m8195_n1", test_matmul(MT_Q6_K, 1792, 8195, 1, 0));
     RUN_NAMED("attention_hd64", test_attention_path(64, 14, 2, 300));
     RUN_NAMED("attention_hd128", test_attention_path(128, 28, 4, 64));
     RUN_NAMED("attention_hd16", test_attention_path(16, 4, 2, 1024));

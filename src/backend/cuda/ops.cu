@@ -890,16 +890,25 @@ static cudaError_t launch_pdl(void (*f)(P...), dim3 g, dim3 b, size_t sm, A... a
 // dotted with __dp4a, one float multiply per 32 weights. Set MT_CUDA_DP4A=0 to use the float kernels.
 
 enum { QX_MAX_K = 1 << 16 };
-static char *g_qx; // int8 quants (QX_MAX_K) then float2 {scale, sum of quants} per block, allocated once
+// int8 quants (QX_MAX_K), float2 {scale, sum of quants} per block, then the Q6_K order of the quants
+// (QX_MAX_K) and the block scales alone (QX_MAX_K / 32 floats); allocated once
+static char *g_qx;
+static const size_t QX_PERM = QX_MAX_K + QX_MAX_K / 32 * sizeof(float2), QX_XD = QX_PERM + QX_MAX_K;
 
 static mt_status qx_buf(void) {
     if (g_qx) return MT_OK;
-    return mt_cuda_malloc((void **)&g_qx, QX_MAX_K + QX_MAX_K / 32 * sizeof(float2), "int8 activations");
+    return mt_cuda_malloc((void **)&g_qx, QX_XD + QX_MAX_K / 32 * sizeof(float), "int8 activations");
+}
+
+// Position of quant i (chunk c = i / 32, lane i % 32) in the Q6_K order: per 256-block, lane t = 8h + g of
+// q6_dot reads the 16 bytes of int (block, h, g, j) j = 0..3, i.e. weights 128h + 32j + 4g .. + 3, at once.
+__host__ __device__ __forceinline__ int64_t q6_perm(int64_t c, int lane) {
+    return (((c >> 3) * 64 + ((c >> 2) & 1) * 32 + (lane >> 2) * 4 + (c & 3)) << 2) + (lane & 3);
 }
 
 template <bool NORM>
-__global__ void __launch_bounds__(256)
-    k_quant_x(const float *x, const float *nw, float eps, int64_t k, int8_t *q, float2 *qs) {
+__global__ void __launch_bounds__(256) k_quant_x(const float *x, const float *nw, float eps, int64_t k,
+                                                 int8_t *q, float2 *qs, int8_t *qp, float *xd) {
     pdl_trigger();
     pdl_wait();
     float inv = 1.0f;
@@ -919,8 +928,10 @@ __global__ void __launch_bounds__(256)
     float d = a / 127.0f;
     int qi = a > 0.0f ? __float2int_rn(v / d) : 0;
     q[i] = (int8_t)qi;
+    if (qp) qp[q6_perm(c, lane)] = (int8_t)qi;
     int sum = __reduce_add_sync(0xffffffffu, qi);
     if (lane == 0) qs[c] = make_float2(d, (float)sum);
+    if (lane == 0 && xd) xd[c] = d;
 }
 
 __device__ __forceinline__ int ld32h(const uint8_t *p) { // 4 bytes at a 2-byte aligned address
@@ -985,6 +996,165 @@ __device__ __forceinline__ float qdot(const uint8_t *row, int64_t c, const int *
     }
 }
 
+// Q6_K on int8 activations, 16 lanes per 256-weight block: lane t = 8h + g takes weights 128h + 32j + 4g
+// .. + 3 (j = 0..3), i.e. 4 bytes of ql at 64h + 4g and at 64h + 32 + 4g, 4 bytes of qh at 128 + 32h + 4g
+// and 4 scales: a warp instruction reads two blocks' bytes nearly contiguously (the chunk-per-lane layout
+// spread 16-32 two-byte loads per lane over four blocks), and the quants come in one 16-byte load from
+// the Q6_K order that qx_quantize then also writes. Opt-in (MT_CUDA_Q6=1): in the 7B Q4_K_M graph on an
+// H100 it measured slower than the chunk-per-lane kernel (282.5 vs 285.3 tok/s, PERF.md CUDA round 6).
+enum { Q6_U = 4 }; // blocks a lane loads before the first use
+
+// 4 bytes at a 2-byte aligned address as aligned words (blocks are 210 bytes, so every other one sits at
+// 2 mod 4); the second word is read only when misaligned and never leaves the block.
+__device__ __forceinline__ uint32_t ld32a(const uint8_t *p) {
+    uintptr_t a = (uintptr_t)p;
+    const uint32_t *w = (const uint32_t *)(a & ~(uintptr_t)3);
+    uint32_t sh = (uint32_t)(a & 3) * 8, lo = __ldg(w), hi = sh ? __ldg(w + 1) : 0u;
+    return __funnelshift_r(lo, hi, sh);
+}
+
+struct q6_raw {
+    uint32_t l0, l1, h, s0, s1, d;
+};
+
+__device__ __forceinline__ void q6_load(const uint8_t *b, int h, int g, q6_raw &r) {
+    r.l0 = ld32a(b + 64 * h + 4 * g);
+    r.l1 = ld32a(b + 64 * h + 32 + 4 * g);
+    r.h = ld32a(b + 128 + 32 * h + 4 * g);
+    r.s0 = ld32a(b + 192 + 8 * h); // scales 8h .. 8h + 7
+    r.s1 = ld32a(b + 196 + 8 * h);
+    r.d = ld16(b + 208);
+}
+
+// The lane's 16 weights against its quants xi (j = 0..3) with the chunks' scales xd; is = g / 4 picks the
+// 16-weight scale of each 32-weight chunk.
+__device__ __forceinline__ float q6_use(const q6_raw &r, int4 xi, float4 xd, int is) {
+    int x[4] = {xi.x, xi.y, xi.z, xi.w};
+    float s[4] = {xd.x, xd.y, xd.z, xd.w}, a = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        uint32_t l = (j & 1) ? r.l1 : r.l0;
+        uint32_t v = ((l >> (4 * (j >> 1))) & 0x0F0F0F0Fu) | (((r.h >> (2 * j)) & 0x03030303u) << 4);
+        int dp = __dp4a((int)__vsub4(v, 0x20202020u), x[j], 0); // quants -32..31
+        int sc = (int)(int8_t)(((j < 2 ? r.s0 : r.s1) >> (8 * (2 * (j & 1) + is))) & 0xFFu);
+        a += s[j] * (float)(sc * dp);
+    }
+    return h2f(r.d) * a;
+}
+
+// Blocks b0, b0 + bstride, ... of one or two Q6_K rows (nb blocks each); t: the lane's slot in its block.
+template <int R>
+__device__ __forceinline__ void q6_dot(const uint8_t *w0, const uint8_t *w1, const int4 *xq, const float4 *xd,
+                                       int nb, int b0, int bstride, int t, float *out) {
+    const int h = t >> 3, g = t & 7, is = g >> 2;
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int b = b0; b < nb; b += Q6_U * bstride) { // blocks past the end re-read the last one, count zero
+        q6_raw r0[Q6_U], r1[Q6_U];
+#pragma unroll
+        for (int u = 0; u < Q6_U; u++) {
+            int bb = min(b + u * bstride, nb - 1);
+            q6_load(w0 + (int64_t)bb * 210, h, g, r0[u]);
+            if constexpr (R == 2) q6_load(w1 + (int64_t)bb * 210, h, g, r1[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < Q6_U; u++) {
+            int bb = min(b + u * bstride, nb - 1);
+            bool in = b + u * bstride < nb;
+            int4 xi = xq[bb * 16 + t];
+            float4 xs = xd[bb * 2 + h];
+            float d0 = q6_use(r0[u], xi, xs, is);
+            a0 += in ? d0 : 0.0f;
+            if constexpr (R == 2) {
+                float d1 = q6_use(r1[u], xi, xs, is);
+                a1 += in ? d1 : 0.0f;
+            }
+        }
+    }
+    out[0] = warp_sum(a0);
+    if constexpr (R == 2) out[1] = warp_sum(a1);
+}
+
+// Q4_K on int8 activations, a lane per chunk pair (2p, 2p + 1) of a block: both nibbles of the same 32
+// quant bytes, so the bytes are loaded once (the chunk-per-lane layout had two lanes load them), and the
+// block header (d, dmin, 12 scale bytes) in one 16-byte load instead of byte loads per chunk.
+enum { Q4P_U = 2 }; // pairs a lane loads before the first use
+
+__device__ __forceinline__ uint4 ldg16(const uint8_t *p) {
+    return __ldg((const uint4 *)p);
+}
+
+// Chunk j's 6-bit scale and min from the header words s0 = scales[0..3], s1 = [4..7], s2 = [8..11].
+__device__ __forceinline__ void q4k_sm(int j, uint32_t s0, uint32_t s1, uint32_t s2, int &sc, int &mn) {
+    if (j < 4) {
+        sc = (s0 >> (8 * j)) & 63, mn = (s1 >> (8 * j)) & 63;
+    } else {
+        int o = 8 * (j - 4);
+        sc = ((s2 >> o) & 0xF) | (((s0 >> o) & 0xC0) >> 2);
+        mn = ((s2 >> o) >> 4 & 0xF) | (((s1 >> o) & 0xC0) >> 2);
+    }
+}
+
+struct q4p_raw {
+    uint4 hd, q0, q1;
+};
+
+__device__ __forceinline__ void q4p_load(const uint8_t *row, int pc, q4p_raw &r) {
+    const uint8_t *b = row + (int64_t)(pc >> 2) * 144;
+    r.hd = ldg16(b);
+    r.q0 = ldg16(b + 16 + 32 * (pc & 3));
+    r.q1 = ldg16(b + 32 + 32 * (pc & 3));
+}
+
+// Chunks 2pc and 2pc + 1 against quants xq (int4 per 16) and their {scale, sum} pairs xs2 = {c, c + 1}.
+__device__ __forceinline__ float q4p_use(const q4p_raw &r, int pc, const int4 *xq, float4 xs2) {
+    int4 x0 = xq[4 * pc], x1 = xq[4 * pc + 1], x2 = xq[4 * pc + 2], x3 = xq[4 * pc + 3];
+    uint32_t u[8] = {r.q0.x, r.q0.y, r.q0.z, r.q0.w, r.q1.x, r.q1.y, r.q1.z, r.q1.w};
+    int xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    int xb[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        s0 = __dp4a((int)(u[i] & 0x0F0F0F0Fu), xa[i], s0);
+        s1 = __dp4a((int)((u[i] >> 4) & 0x0F0F0F0Fu), xb[i], s1);
+    }
+    int j = 2 * (pc & 3), sc0, mn0, sc1, mn1;
+    q4k_sm(j, r.hd.y, r.hd.z, r.hd.w, sc0, mn0);
+    q4k_sm(j + 1, r.hd.y, r.hd.z, r.hd.w, sc1, mn1);
+    float d = h2f(r.hd.x & 0xFFFF), dmin = h2f(r.hd.x >> 16);
+    return xs2.x * (d * (float)(sc0 * s0) - dmin * (float)mn0 * xs2.y) +
+           xs2.z * (d * (float)(sc1 * s1) - dmin * (float)mn1 * xs2.w);
+}
+
+// Pairs p0, p0 + stride, ... of one or two Q4_K rows (np pairs each).
+template <int R>
+__device__ __forceinline__ void q4p_dot(const uint8_t *w0, const uint8_t *w1, const int4 *xq,
+                                        const float2 *xs, int np, int p0, int stride, float *out) {
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int pc = p0; pc < np; pc += Q4P_U * stride) { // pairs past the end re-read the last one, count zero
+        q4p_raw r0[Q4P_U], r1[Q4P_U];
+#pragma unroll
+        for (int u = 0; u < Q4P_U; u++) {
+            int cc = min(pc + u * stride, np - 1);
+            q4p_load(w0, cc, r0[u]);
+            if constexpr (R == 2) q4p_load(w1, cc, r1[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < Q4P_U; u++) {
+            int cc = min(pc + u * stride, np - 1);
+            bool in = pc + u * stride < np;
+            float4 x2 = *(const float4 *)(xs + 2 * cc);
+            float d0 = q4p_use(r0[u], cc, xq, x2);
+            a0 += in ? d0 : 0.0f;
+            if constexpr (R == 2) {
+                float d1 = q4p_use(r1[u], cc, xq, x2);
+                a1 += in ? d1 : 0.0f;
+            }
+        }
+    }
+    out[0] = warp_sum(a0);
+    if constexpr (R == 2) out[1] = warp_sum(a1);
+}
+
 #define MT_QX_DTYPES(X) X(MT_Q8_0) X(MT_Q5_0) X(MT_Q4_K) X(MT_Q6_K)
 
 // Read at every launch decision (a few per layer while enqueuing or capturing), so a process can compare
@@ -1001,12 +1171,15 @@ static bool qx_ok(const mt_tensor *w, int64_t k) {
            ((uintptr_t)w->data % al) == 0 && qx_buf() == MT_OK;
 }
 
-static mt_status qx_quantize(const float *x, const float *nw, float eps, int64_t k) {
+// q6: also write the Q6_K order and the scales alone (q6_dot reads them).
+static mt_status qx_quantize(const float *x, const float *nw, float eps, int64_t k, bool q6 = false) {
     unsigned g = (unsigned)cdiv(k / 32, 8);
     int8_t *q = (int8_t *)g_qx;
     float2 *qs = (float2 *)(g_qx + QX_MAX_K);
-    cudaError_t e = nw ? launch_pdl(k_quant_x<true>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs)
-                       : launch_pdl(k_quant_x<false>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs);
+    int8_t *qp = q6 ? (int8_t *)(g_qx + QX_PERM) : NULL;
+    float *xd = q6 ? (float *)(g_qx + QX_XD) : NULL;
+    cudaError_t e = nw ? launch_pdl(k_quant_x<true>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs, qp, xd)
+                       : launch_pdl(k_quant_x<false>, dim3(g), dim3(256), 0, x, nw, eps, k, q, qs, qp, xd);
     if (e != cudaSuccess) return MT_CU_FAIL(e, "quantize activations");
     return mt_cu_launched("quantize activations");
 }
@@ -1028,7 +1201,20 @@ struct fused_mv {
     double base;
     const int8_t *xq; // int8 path: quantized (normalized) activations and their block {scale, sum}
     const float2 *xs;
+    const int8_t *xqp; // the same quants in the Q6_K order (q6_perm) and the block scales alone
+    const float *xd;
+    int q6_old; // Q6_K on the chunk-per-lane int8 kernel unless MT_CUDA_Q6=1 (q6_dot)
+    int q4_old; // MT_CUDA_Q4P=0: Q4_K likewise
 };
+
+// Points p at the quants qx_quantize wrote.
+static void qx_bind(fused_mv &p) {
+    p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
+    p.xqp = (const int8_t *)(g_qx + QX_PERM), p.xd = (const float *)(g_qx + QX_XD);
+    const char *e = getenv("MT_CUDA_Q6"); // the 16-lane Q6_K kernel: opt-in, measured slower in the graph
+    p.q6_old = e && e[0] == '1' ? 0 : 1;
+    p.q4_old = env_on("MT_CUDA_Q4P") ? 0 : 1;
+}
 
 // Dot of one (R = 1) or two (R = 2) stored rows with x, reduced over the warp.
 template <int DT, int R>
@@ -1061,8 +1247,19 @@ __device__ __forceinline__ void fm_dot(const uint8_t *w0, const uint8_t *w1, con
 
 // fm_dot on int8 activations: the chunk's 32 quants are loaded once for both rows.
 template <int DT, int R>
-__device__ __forceinline__ void qfm_dot(const uint8_t *w0, const uint8_t *w1, const int8_t *xq,
-                                        const float2 *xs, int64_t nc, int lane, int stride, float *out) {
+__device__ __forceinline__ void qfm_dot(const uint8_t *w0, const uint8_t *w1, const fused_mv &p, int64_t nc,
+                                        int lane, int stride, float *out) {
+    if (DT == MT_Q6_K && !p.q6_old) { // lanes 16i .. 16i + 15 of the job's warps share a block
+        q6_dot<R>(w0, w1, (const int4 *)p.xqp, (const float4 *)p.xd, (int)(nc / 8), lane >> 4, stride >> 4,
+                  lane & 15, out);
+        return;
+    }
+    if (DT == MT_Q4_K && !p.q4_old) { // a lane per chunk pair
+        q4p_dot<R>(w0, w1, (const int4 *)p.xq, p.xs, (int)(nc / 2), lane, stride, out);
+        return;
+    }
+    const int8_t *xq = p.xq;
+    const float2 *xs = p.xs;
     float a0 = 0.0f, a1 = 0.0f;
 #pragma unroll 2
     for (int64_t c = lane; c < nc; c += stride) {
@@ -1121,15 +1318,28 @@ __device__ __forceinline__ void fm_store(const fused_mv &p, int64_t job, fm_job 
     }
 }
 
+// Q4_K / Q6_K kernels of the int8 path are launched with programmatic dependent launch (Q4_K_M 7B decode
+// measured with it); Q8_0 / Q5_0 keep plain launches (7B Q8_0 measured 229.6 tok/s with it, and with the
+// Q6_K copy written by every quantizer, vs 234.9 without either).
+template <int DT, bool QX, int DTV> __host__ __device__ constexpr bool fm_pdl() {
+    return QX && (DT == MT_Q4_K || DT == MT_Q6_K || DTV == MT_Q6_K);
+}
+
 // KS warps share one job (a row, or a row pair) and split its length: the narrow matrices (q/k/v, o_proj,
 // down at 0.5B: under a thousand rows) otherwise leave too few loads in flight to fill the memory system.
-// QX: the activations come quantized (qx_quantize, norm included), so no block normalizes them again.
-template <int DT, int MODE, int KS, bool QX = false>
+// QX: the activations come quantized (qx_quantize, norm included), so no block normalizes them again
+// (fm_pdl: launched with programmatic dependent launch). DTV: the v rows' type of a q/k/v stage on the int8
+// path (Q4_K_M stores V as Q6_K in some layers).
+template <int DT, int MODE, int KS, bool QX = false, int DTV = DT>
 __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
     extern __shared__ __align__(16) float xs[];
     __shared__ float red[FM_WARPS][2];
     constexpr int E = chunk<DT>::E;
     const float *x = p.x;
+    if constexpr (fm_pdl<DT, QX, DTV>()) {
+        pdl_trigger();
+        pdl_wait(); // the quants come from the previous kernel
+    }
     if constexpr (MODE != FM_RES && !QX) { // same arithmetic as k_rmsnorm, so both paths see the same inputs
         float ss = 0.0f;
         for (int64_t i = threadIdx.x; i < p.k; i += blockDim.x) ss += p.x[i] * p.x[i];
@@ -1153,13 +1363,20 @@ __global__ void __launch_bounds__(32 * FM_WARPS) k_fused_mv(fused_mv p) {
     float s[2] = {0.0f, 0.0f};
     if (live && QX) {
         if constexpr (MODE == FM_GLU)
-            qfm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], p.xq, p.xs, nc, lane + 32 * sub,
+            qfm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], p, nc, lane + 32 * sub, 32 * KS,
+                           s);
+        else if constexpr (MODE == FM_QKV && DTV != DT) {
+            if (sec == 2)
+                qfm_dot<DTV, 2>(p.W[2] + r0 * p.nb[2], p.W[2] + r1 * p.nb[2], p, nc, lane + 32 * sub, 32 * KS,
+                                s);
+            else
+                qfm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], p, nc, lane + 32 * sub,
+                               32 * KS, s);
+        } else if constexpr (MODE == FM_QKV)
+            qfm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], p, nc, lane + 32 * sub,
                            32 * KS, s);
-        else if constexpr (MODE == FM_QKV)
-            qfm_dot<DT, 2>(p.W[sec] + r0 * p.nb[sec], p.W[sec] + r1 * p.nb[sec], p.xq, p.xs, nc,
-                           lane + 32 * sub, 32 * KS, s);
         else
-            qfm_dot<DT, 1>(p.W[0] + job * p.nb[0], NULL, p.xq, p.xs, nc, lane + 32 * sub, 32 * KS, s);
+            qfm_dot<DT, 1>(p.W[0] + job * p.nb[0], NULL, p, nc, lane + 32 * sub, 32 * KS, s);
     } else if (live) {
         if constexpr (MODE == FM_GLU)
             fm_dot<DT, 2>(p.W[0] + job * p.nb[0], p.W[1] + job * p.nb[1], x, nc, lane + 32 * sub, 32 * KS, s);
@@ -1565,7 +1782,7 @@ template <int DT, int MODE, bool QX> static mt_status fv_go(fused_mv p, int64_t 
     void (*f)(fused_mv, int, int64_t, int) = k_fmv<DT, MODE, QX>;
     if constexpr (QX) {
         MT_TRY(qx_quantize(p.x, p.norm_w, p.eps, p.k));
-        p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
+        qx_bind(p);
     } else if (!p.norm_w && ((uintptr_t)p.x & 15) == 0 && env_on("MT_CUDA_FV_XG")) {
         f = k_fmv<DT, MODE, false, true>, sm = 0;
     }
@@ -1620,24 +1837,46 @@ static bool fv_matvec(const mt_node *nd, mt_status *st) {
     return true;
 }
 
-template <int MODE> static mt_status fm_launch_qx(mt_dtype dt, fused_mv p, int64_t jobs) {
-    MT_TRY(qx_quantize(p.x, MODE == FM_RES ? NULL : p.norm_w, p.eps, p.k));
-    p.xq = (const int8_t *)g_qx, p.xs = (const float2 *)(g_qx + QX_MAX_K);
-    bool split = jobs < 8192;
+template <int DT, int MODE, int DTV = DT> static cudaError_t fm_go_qx(const fused_mv &p, int64_t jobs) {
+    bool split = jobs < 8192; // fewer jobs than ~16 warps per SM: split each job over all warps of a block
     unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
-    switch (dt) {
+    if (!fm_pdl<DT, true, DTV>()) {
+        if (split)
+            k_fused_mv<DT, MODE, FM_WARPS, true, DTV><<<g, 32 * FM_WARPS, 0, stream()>>>(p);
+        else
+            k_fused_mv<DT, MODE, 1, true, DTV><<<g, 32 * FM_WARPS, 0, stream()>>>(p);
+        return cudaGetLastError();
+    }
+    if (split)
+        return launch_pdl(k_fused_mv<DT, MODE, FM_WARPS, true, DTV>, dim3(g), dim3(32 * FM_WARPS), 0, p);
+    return launch_pdl(k_fused_mv<DT, MODE, 1, true, DTV>, dim3(g), dim3(32 * FM_WARPS), 0, p);
+}
+
+// dtv: the v rows' type of a q/k/v stage (the others': dt).
+template <int MODE> static mt_status fm_launch_qx(mt_dtype dt, fused_mv p, int64_t jobs, mt_dtype dtv) {
+    qx_bind(p);
+    bool q6 = (dt == MT_Q6_K || dtv == MT_Q6_K) && !p.q6_old;
+    MT_TRY(qx_quantize(p.x, MODE == FM_RES ? NULL : p.norm_w, p.eps, p.k, q6));
+    cudaError_t e = cudaSuccess;
+    if (MODE == FM_QKV && dtv != dt) {
+        if (dt == MT_Q4_K && dtv == MT_Q6_K)
+            e = fm_go_qx<MT_Q4_K, MODE, MT_Q6_K>(p, jobs);
+        else
+            return mt_fail(MT_ERR_UNSUPPORTED, "cuda int8 matvec: no kernel for %s with %s v rows",
+                           mt_dtype_name(dt), mt_dtype_name(dtv));
+    } else {
+        switch (dt) {
 #define X(DT)                                                                                                \
     case DT:                                                                                                 \
-        if (split)                                                                                           \
-            k_fused_mv<DT, MODE, FM_WARPS, true><<<g, 32 * FM_WARPS, 0, stream()>>>(p);                      \
-        else                                                                                                 \
-            k_fused_mv<DT, MODE, 1, true><<<g, 32 * FM_WARPS, 0, stream()>>>(p);                             \
+        e = fm_go_qx<DT, MODE>(p, jobs);                                                                     \
         break;
-        MT_QX_DTYPES(X)
+            MT_QX_DTYPES(X)
 #undef X
-    default:
-        return mt_fail(MT_ERR_UNSUPPORTED, "cuda int8 matvec: no kernel for %s", mt_dtype_name(dt));
+        default:
+            return mt_fail(MT_ERR_UNSUPPORTED, "cuda int8 matvec: no kernel for %s", mt_dtype_name(dt));
+        }
     }
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "int8 matvec");
     return mt_cu_launched("int8 matvec");
 }
 
@@ -1646,7 +1885,7 @@ template <int MODE>
 static mt_status fm_launch(mt_dtype dt, const fused_mv &p, int64_t jobs, const mt_tensor *w = NULL) {
     bool qx = w && qx_ok(w, p.k);
     if (fv_ok(dt, p.k, qx)) return fv_launch<MODE>(dt, p, jobs, qx);
-    if (qx) return fm_launch_qx<MODE>(dt, p, jobs);
+    if (qx) return fm_launch_qx<MODE>(dt, p, jobs, dt);
     // fewer jobs than ~16 warps per SM: split each job over all warps of a block
     bool split = jobs < 8192;
     unsigned g = (unsigned)cdiv(jobs, split ? 1 : FM_WARPS);
@@ -1677,7 +1916,7 @@ static bool qx_matvec(const mt_node *nd, mt_status *st) {
     p.b[0] = nd->src[2] ? (const float *)nd->src[2]->data : NULL;
     p.k = w->ne[0], p.x = (const float *)x->data, p.y = (float *)nd->dst->data;
     p.norm_w = NULL;
-    *st = fm_launch_qx<FM_HEAD>(w->dtype, p, p.m[0]); // no norm: norm_w is NULL
+    *st = fm_launch_qx<FM_HEAD>(w->dtype, p, p.m[0], w->dtype); // no norm: norm_w is NULL
     return true;
 }
 
@@ -1848,7 +2087,9 @@ static mt_status stage_qkv(const mt_node *n) {
     const mt_tensor *q3 = n[4].src[0];
     int64_t k = n[0].src[0]->ne[0];
     int hd = (int)q3->ne[0];
-    bool ok = wq->dtype == wk->dtype && wq->dtype == wv->dtype && fm_weight_ok(wq, k) &&
+    // Q4_K q/k with Q6_K v rows (Q4_K_M) run fused on the int8 path only
+    bool mixed = wq->dtype == MT_Q4_K && wv->dtype == MT_Q6_K && qx_ok(wq, k) && qx_ok(wk, k) && qx_ok(wv, k);
+    bool ok = wq->dtype == wk->dtype && (wq->dtype == wv->dtype || mixed) && fm_weight_ok(wq, k) &&
               fm_weight_ok(wk, k) && fm_weight_ok(wv, k) && hd % 2 == 0 && wq->ne[1] % hd == 0 &&
               wk->ne[1] % hd == 0 && wv->ne[1] % hd == 0 && k * 4 <= 48 * 1024 && n[1].src[1] == n[0].dst &&
               n[2].src[1] == n[0].dst && n[3].src[1] == n[0].dst && n[4].src[0]->data == n[1].dst->data &&
@@ -1872,8 +2113,9 @@ static mt_status stage_qkv(const mt_node *n) {
     p.kc = (char *)kc->data, p.knb1 = kc->nb[1], p.knb2 = kc->nb[2], p.knb3 = kc->nb[3];
     p.vc = (char *)vc->data, p.vnb1 = vc->nb[1], p.vnb2 = vc->nb[2], p.vnb3 = vc->nb[3];
     p.pos = n[4].p.pos, p.seq = n[4].p.seq, p.base = (double)n[4].p.freq_base;
-    return fm_launch<FM_QKV>(wq->dtype, p, (p.m[0] + p.m[1] + p.m[2]) / 2,
-                             qx_ok(wk, k) && qx_ok(wv, k) ? wq : NULL);
+    int64_t jobs = (p.m[0] + p.m[1] + p.m[2]) / 2;
+    if (mixed) return fm_launch_qx<FM_QKV>(wq->dtype, p, jobs, wv->dtype);
+    return fm_launch<FM_QKV>(wq->dtype, p, jobs, qx_ok(wk, k) && qx_ok(wv, k) ? wq : NULL);
 }
 
 static mt_status stage_attention(const mt_node *n) {
