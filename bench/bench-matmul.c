@@ -4,10 +4,10 @@
 // Build and run (from the repository root, after `make`):
 //   cc -O2 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -pthread bench/bench-matmul.c
 //   build/libmetallic.a -lm -pthread -lcjson -o build/bench-matmul && build/bench-matmul
-// Options: -t DTYPE (one dtype), -n N (one token count), -j THREADS (one thread count), -s KxM (one shape),
-// -r (skip the reference), -b (fastest call instead of the mean), -p (repack Q8_0/Q5_0 weights for decode,
-// as a CPU session does), -c (cold: rotate over copies of the weights, >= 256 MB in all, so every call
-// streams them from DRAM as decode of a whole model does)
+// Options: -t DTYPE (one dtype), -n N (one token count, any), -j THREADS (one thread count), -s KxM (one
+// shape), -r (skip the reference), -b (fastest call instead of the mean), -p (repack Q8_0/Q5_0 weights for
+// decode, as a CPU session does), -c (cold: rotate over copies of the weights, >= 256 MB in all, so every
+// call streams them from DRAM as decode of a whole model does)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,7 +128,8 @@ int main(int argc, char **argv) {
         int64_t k, m;
     } shapes[] = {{896, 896}, {896, 128}, {896, 4864}, {4864, 896}, {896, 151936}, {0, 0}};
     const mt_dtype types[] = {MT_F16, MT_BF16, MT_Q8_0, MT_Q4_0, MT_Q5_0, MT_Q4_K, MT_Q5_K, MT_Q6_K};
-    const int ns[] = {1, 512}, js[] = {1, 2};
+    int ns[] = {1, 512}, js[] = {1, 2};
+    if (only_n) ns[0] = ns[1] = only_n; // any token count (e.g. a graph prefill chunk of 64)
     mt_pool *pools[3] = {NULL};
     for (int j = 1; j <= 2; j++)
         if (mt_pool_create(j, &pools[j]) != MT_OK) return 1;
@@ -152,7 +153,7 @@ int main(int argc, char **argv) {
             uint8_t *w = copies[0];
             for (int ni = 0; ni < 2; ni++) {
                 const int64_t n = ns[ni];
-                if (only_n && n != only_n) continue;
+                if (only_n && ni > 0) continue;
                 if (n > 1 && m > 100000) continue; // prefill computes logits for the last token only
                 float *x = malloc((size_t)(k * n) * sizeof(float)),
                       *y = malloc((size_t)(m * n) * sizeof(float));
