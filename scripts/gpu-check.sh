@@ -51,6 +51,15 @@ for s in $STAGES; do
                 $PY tools/gen_random_model.py "$MODELS/r05-$d.gguf" --shape 0.5b --dtype $d --vocab-from "$VOCAB"
         done
         run "$BIN/test-cuda-ops" "$MODELS/r05-f16.gguf" "$MODELS/r05-q8_0.gguf"
+        # Q4_K_M needs widths that are multiples of 256 (0.5B's 896 is not): small models of the 7B mix
+        # (Q4_K matrices, Q6_K output, Q6_K attn_v/ffn_down in some layers: the mixed q/k/v stage)
+        note "random Q4_K_M mix at widths 1024 and 1536: CUDA vs CPU, float and int8 decode paths"
+        GEN=$BIN/gen_random_gguf
+        [ -x "$GEN" ] || { GEN=$MODELS/gen_random_gguf && cc -O2 -o "$GEN" tools/gen_random_gguf.c -lm; }
+        "$GEN" "$MODELS/s-q4km.gguf" --shape 1024,3,8,2,2816,151936,0 --dtype q4_k_m --vocab-from "$VOCAB" &&
+            "$GEN" "$MODELS/s5-q4km.gguf" --shape 1536,5,12,2,4096,151936,1 --dtype q4_k_m --vocab-from "$VOCAB"
+        run "$BIN/test-cuda-ops" "$MODELS/s-q4km.gguf" "$MODELS/s5-q4km.gguf"
+        MT_CUDA_DP4A=1 run "$BIN/test-cuda-ops" "$MODELS/s-q4km.gguf" "$MODELS/s5-q4km.gguf"
         ;;
     bench05)
         note "benchmarks, Qwen2.5-0.5B shapes: pp512 / tg128, legacy launches vs CUDA graphs"
@@ -72,7 +81,7 @@ for s in $STAGES; do
     bench7b)
         note "benchmarks, Qwen2.5-7B shapes: pp512 / tg128, legacy launches vs CUDA graphs"
         GEN=$BIN/gen_random_gguf
-        [ -x "$GEN" ] || { GEN=$MODELS/gen_random_gguf && cc -O2 -o "$GEN" tools/gen_random_gguf.c; }
+        [ -x "$GEN" ] || { GEN=$MODELS/gen_random_gguf && cc -O2 -o "$GEN" tools/gen_random_gguf.c -lm; }
         for d in ${DTYPES7B:-f16 q8_0 q4_k_m}; do
             f=$MODELS/r7-$d.gguf
             t0=$(date +%s)

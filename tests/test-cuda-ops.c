@@ -400,14 +400,17 @@ static void test_model(const char *path) {
         CHECK(rel < 2e-2, "model logits rel diff %.3g", rel);
         // Greedy streams may part only at a near tie of the CPU's logits: random weights give flat
         // logits, where the F16 rounding of the prompt GEMMs (rel ~1e-2) can flip the top two. A
-        // divergence at a clear step (gap over 2% of the largest logit) is an error.
+        // divergence at a clear step (gap over 2% of the largest logit; 10% on the int8 decode path, whose
+        // logits differ by ~3% per step, see test_int8_forced) is an error.
+        const char *dp = getenv("MT_CUDA_DP4A");
+        const double gap_tol = dp && dp[0] != '0' ? 0.1 : 2e-2;
         if (same < ng)
             printf("    model %s [%s]: greedy streams part at step %d, CPU top-2 gap there %.2e of max "
                    "|logit|\n",
                    path, gr ? "graph" : "legacy", same, gap[same]);
-        CHECK(same == ng || gap[same] < 2e-2,
-              "greedy tokens diverge at step %d where the CPU's top-2 gap is %.3g", same,
-              same < ng ? gap[same] : 0.0);
+        CHECK(same == ng || gap[same] < gap_tol,
+              "greedy tokens diverge at step %d where the CPU's top-2 gap is %.3g (bound %.2g)", same,
+              same < ng ? gap[same] : 0.0, gap_tol);
     }
     test_int8_forced(m, path, tc, np, ng);
     free(lc), free(lg), free(xc), free(xg);

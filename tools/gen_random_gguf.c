@@ -4,12 +4,13 @@
 // is bound by the disk, not by a random generator. Decode/prefill speed depends on shapes and dtypes only.
 // The tokenizer.* keys are copied byte for byte from another GGUF (--vocab-from).
 //
-//   cc -O2 -o gen_random_gguf tools/gen_random_gguf.c
+//   cc -O2 -o gen_random_gguf tools/gen_random_gguf.c -lm
 //   gen_random_gguf OUT.gguf --vocab-from V.gguf --dtype f16|q8_0|q4_k_m [--shape
 //   0.5b|7b|E,L,H,HKV,FF,V,tied]
 //
 // q4_k_m follows llama.cpp's mix: Q4_K matrices, Q6_K output and, in the first and last eighth of the
 // layers and every third layer between, Q6_K attn_v and ffn_down.
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,8 +64,19 @@ static void put_f16(uint8_t *p, uint16_t h) {
     p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
 }
 
-// A buffer of whole random blocks of type t; scales are f16 in [2^-10, 2^-8) so dequantized values stay
-// small.
+// Positive normal f16 values only (all this generator writes).
+static float f16_value(uint16_t h) {
+    return ldexpf(1.0f + (float)(h & 0x3ff) / 1024.0f, (int)((h >> 10) & 0x1f) - 15);
+}
+static uint16_t f16_bits(float v) {
+    int e;
+    float m = frexpf(v, &e); // v = m 2^e, m in [0.5, 1)
+    return (uint16_t)(((e - 1 + 15) << 10) | ((uint32_t)((2.0f * m - 1.0f) * 1024.0f + 0.5f) & 0x3ff));
+}
+
+// A buffer of whole random blocks of type t; scales are small positive f16 values (per type below) so
+// dequantized weights have a standard deviation near 0.08 and activations stay in range through every
+// layer.
 static uint8_t *make_buf(int t, size_t *n_blocks) {
     size_t bb = (size_t)blk_bytes(t), nb = BUF_BYTES / bb;
     uint8_t *b = malloc(nb * bb);
@@ -82,9 +94,15 @@ static uint8_t *make_buf(int t, size_t *n_blocks) {
         } else if (t == T_Q8_0) {
             put_f16(blk, sc);
         } else if (t == T_Q4_K) {
-            put_f16(blk, sc), put_f16(blk + 2, sc);
+            // w = d sc_j q - dmin m_j with q in 0..15 and sc_j, m_j in 0..63: dmin = 7.5 d centres every
+            // matrix on zero (mean 7.5 d (sc_j - m_j)); with dmin = d the weights were all biased positive,
+            // and activations grew ~100x per matrix until they left the F16 range. d = 2^-12 (1 + m) keeps
+            // the weights' sd near the other types' (~0.08; 2^-10 gave ~0.35).
+            uint16_t d = (uint16_t)(sc - (2u << 10));
+            put_f16(blk, d), put_f16(blk + 2, f16_bits(7.5f * f16_value(d)));
         } else if (t == T_Q6_K) {
-            put_f16(blk + 208, sc);
+            // w = d sc_j q, sc_j a random int8, q in -32..31: d = 2^-14 (1 + m) gives sd ~0.08 (2^-10: ~1.3)
+            put_f16(blk + 208, (uint16_t)(sc - (4u << 10)));
         }
     }
     *n_blocks = nb;
