@@ -23,6 +23,7 @@
 // Tokens an owner takes from its own share per kernel call in a prefill matmul stage: the kernels' largest
 // cache block, so a share is streamed in as many weight passes as one whole call would need.
 #define GRAPH_OWN_CHUNK 64
+#define GRAPH_OWN_CHUNK_F16 192 // the F16/BF16 GEMM's token block (MM_GF_TB in matmul-kernels.inc)
 
 enum stage_kind { ST_NODE, ST_NORM, ST_MATMULS, ST_ROPE_KV, ST_SDPA };
 static const char *stage_name[] = {"node", "norm", "matmuls", "rope_kv", "sdpa"};
@@ -595,13 +596,13 @@ void mt_graph_exec_dump(const mt_graph_exec *ex, FILE *f) {
 
 // Claims tokens of thread t's span in stage s: up to GRAPH_OWN_CHUNK from the front for the owner, half of
 // what is left (a multiple of 4 tokens) from the back for another thread. False when nothing is left.
-static bool claim_tokens(mt_graph_exec *ex, int s, int t, bool own, long *c0, long *c1) {
+static bool claim_tokens(mt_graph_exec *ex, int s, int t, bool own, long chunk, long *c0, long *c1) {
     _Atomic uint64_t *sp = &ex->spans[(size_t)s * (size_t)ex->n_threads + (size_t)t];
     uint64_t v = atomic_load_explicit(sp, memory_order_relaxed);
     for (;;) {
         const long f = (long)(v >> 32), b = (long)(v & 0xffffffffu);
         if (f >= b) return false;
-        long n = own ? GRAPH_OWN_CHUNK : ((b - f + 1) / 2 + 3) & ~3L;
+        long n = own ? chunk : ((b - f + 1) / 2 + 3) & ~3L;
         n = n < b - f ? n : b - f;
         *c0 = own ? f : b - n;
         *c1 = own ? f + n : b;
@@ -663,10 +664,14 @@ static void run_stage(mt_graph_exec *ex, const stage *s, int ith, int nth) {
             // the barrier.
             void *scr = ex->scratch ? ex->scratch + ex->scratch_per_thread * (size_t)ith : NULL;
             const int si = (int)(s - ex->st);
+            // F16/BF16 weights are converted to F32 panels once per chunk: chunks of the GEMM's own token
+            // block (192), not 64, so a 512-token prompt converts each weight 2-3 times instead of 8.
+            const mt_dtype wt = w[s->idx[0]].src[0]->dtype;
+            const long chunk = wt == MT_F16 || wt == MT_BF16 ? GRAPH_OWN_CHUNK_F16 : GRAPH_OWN_CHUNK;
             long c0, c1;
-            while (claim_tokens(ex, si, ith, true, &c0, &c1)) matmul_chunk(ex, s, c0, c1, scr);
+            while (claim_tokens(ex, si, ith, true, chunk, &c0, &c1)) matmul_chunk(ex, s, c0, c1, scr);
             for (int k = 1; k < nth; k++)
-                while (claim_tokens(ex, si, (ith + k) % nth, false, &c0, &c1))
+                while (claim_tokens(ex, si, (ith + k) % nth, false, chunk, &c0, &c1))
                     matmul_chunk(ex, s, c0, c1, scr);
             return;
         }
