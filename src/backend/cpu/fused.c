@@ -117,23 +117,7 @@ mt_status mt_cpu_sdpa_check(const mt_sdpa_args *a) {
 #define SDPA_GROUP 8  // query heads of one KV group processed together
 
 #if defined(__AVX2__) && defined(__FMA__)
-// exp(x) for x <= 0 (scores minus their running max): 2^n * e^r with n = round(x / ln2), |r| <= ln2 / 2,
-// e^r by its Taylor series to r^6 (relative error ~2e-7); below -87 the result flushes to ~0.
-static inline __m256 exp_neg8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950409f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x); // ln 2, high bits exact
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-6f), r);     // ln 2, the rest
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 720), r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+#include "exp-avx2.h"
 
 // Lane p of the result is the sum of the eight lanes of a[p].
 static inline __m256 sum8x8(const __m256 a[8]) {
@@ -195,7 +179,7 @@ static void sdpa_item_avx2(const float *const *qr, float *const *out, int64_t nh
             const __m256 mv = _mm256_set1_ps(mx[h]);
             __m256 s8 = _mm256_setzero_ps();
             for (j = 0; j + 8 <= jn; j += 8) {
-                const __m256 e = exp_neg8(_mm256_sub_ps(_mm256_load_ps(sc + j), mv));
+                const __m256 e = mt_exp8(_mm256_sub_ps(_mm256_load_ps(sc + j), mv));
                 _mm256_store_ps(sc + j, e);
                 s8 = _mm256_add_ps(s8, e);
             }

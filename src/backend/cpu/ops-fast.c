@@ -71,25 +71,7 @@ AI float hmax8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative
-// error below 2e-7 there), 2^n put into the exponent bits. Inputs are clamped to the finite float range,
-// so very negative x gives ~1e-38 instead of 0 (irrelevant next to any real term of a sum).
-AI __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x); // ln2 split in two for exactness
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+#include "exp-avx2.h"
 
 // The first `n` (< 8) floats of p, zeros after: tails without reading past the row.
 AI __m256 load_part(const float *p, int64_t n) {
@@ -240,12 +222,12 @@ AI void att_row(const int HD, int64_t hd_rt, const float *q, const float *k, con
         const __m256 mv = _mm256_set1_ps(mx);
         __m256 sv8 = _mm256_setzero_ps();
         for (j = 0; j + 8 <= jn; j += 8) {
-            const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
+            const __m256 p = mt_exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
             _mm256_storeu_ps(sc + j, p);
             sv8 = _mm256_add_ps(sv8, p);
         }
         if (j < jn) {
-            const __m256 p = exp8(_mm256_sub_ps(load_part(sc + j, jn - j), mv));
+            const __m256 p = mt_exp8(_mm256_sub_ps(load_part(sc + j, jn - j), mv));
             store_part(sc + j, p, jn - j);
             for (int64_t t = j; t < jn; t++) sum += sc[t];
         }
@@ -300,7 +282,7 @@ void mt_cpu_fast_swiglu_span(const float *gr, const float *ur, float *y, int64_t
     int64_t i = 0;
     for (; i + 8 <= f; i += 8) {
         const __m256 gv = _mm256_loadu_ps(gr + i);
-        const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, mt_exp8(_mm256_sub_ps(zero, gv))));
         _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(ur + i)));
     }
     for (; i < f; i++) y[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
@@ -345,7 +327,7 @@ void mt_cpu_fast_softmax(const mt_node *n, int ith, int nth) {
         const __m256 mv = _mm256_set1_ps(mx);
         __m256 s8 = _mm256_setzero_ps();
         for (i = 0; i + 8 <= d; i += 8) {
-            const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(xr + i), mv));
+            const __m256 p = mt_exp8(_mm256_sub_ps(_mm256_loadu_ps(xr + i), mv));
             _mm256_storeu_ps(y + i, p);
             s8 = _mm256_add_ps(s8, p);
         }
