@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "args.h"
-#include "backend/cpu/repack.h"
 #include "backend/device.h"
 #include "cmd-ab.h"
 #include "bench.h"
@@ -635,25 +634,17 @@ static int inspect_gguf(const cli_opts *o) {
         if (count[d])
             printf("  %-6s %5lld tensors %12llu bytes (%.1f MiB)\n", mt_dtype_name(d), count[d], bytes[d],
                    bytes[d] / 1048576.0);
-    // What a CPU session adds next to the mmap: the decode kernels' 8-row packed copies of the layer
-    // matrices and the output matrix (the token embedding itself only when it is the tied output).
-    bool has_output = false;
-    for (int64_t i = 0; i < n_t; i++) has_output |= !strcmp(mt_gguf_tensor_at(g, i)->name, "output.weight");
-    unsigned long long packed = 0;
-    for (int64_t i = 0; i < n_t; i++) {
-        const mt_gguf_tensor *t = mt_gguf_tensor_at(g, i);
-        bool matrix = (!strncmp(t->name, "blk.", 4) && strstr(t->name, ".weight") && t->t.ne[1] > 1) ||
-                      !strcmp(t->name, "output.weight") ||
-                      (!has_output && !strcmp(t->name, "token_embd.weight"));
-        if (matrix && t->t.ne[2] * t->t.ne[3] == 1)
-            packed +=
-                (unsigned long long)(t->t.ne[1] / 8) * mt_cpu_repack_group_bytes(t->t.dtype, t->t.ne[0]);
+    // What a CPU session adds next to the mmap (the decode kernels' 8-row packed copies), when the file
+    // loads as a model; inspect still describes files that do not.
+    mt_model *m = NULL;
+    if (mt_model_load(o->model, &m) == MT_OK) {
+        const size_t packed = mt_model_cpu_repack_bytes(m);
+        if (packed)
+            printf("cpu repack: %zu bytes (%.1f MiB) of 8-row packed copies made by a CPU session "
+                   "(METALLIC_REPACK=0: none)\n",
+                   packed, packed / 1048576.0);
+        mt_model_free(m);
     }
-    if (packed)
-        printf("cpu repack: %llu bytes (%.1f MiB) of 8-row packed copies made by a CPU session "
-               "(METALLIC_REPACK=0: "
-               "none)\n",
-               packed, packed / 1048576.0);
     if (o->verbose)
         for (int64_t i = 0; i < n_t; i++) {
             const mt_gguf_tensor *t = mt_gguf_tensor_at(g, i);

@@ -37,6 +37,9 @@ const char *mt_model_chat_template(const mt_model *m);
 const mt_sampler_params *mt_model_gen_params(const mt_model *m);
 // Bytes of weights as stored (what a decode step reads).
 size_t mt_model_weight_bytes(const mt_model *m);
+// Bytes of the packed weight copies a CPU session makes next to the mmap (0 with METALLIC_REPACK=0 or
+// the scalar kernels): what the WeightRepack event reports for the first CPU session.
+size_t mt_model_cpu_repack_bytes(const mt_model *m);
 
 typedef struct mt_session_opts {
     int n_ctx;     // positions per sequence; 0 = the model's context length, capped by memory

@@ -334,19 +334,37 @@ static void session_telemetry(const mt_session *s) {
 
 static mt_status device_setup(mt_session *s);
 
-// Decode copies of the Q8_0/Q5_0 matrices in the kernels' 8-row layout (backend/cpu/repack.h), once per
-// model (later sessions find them registered); METALLIC_REPACK=0 keeps decode on the mmap alone.
-static mt_status cpu_repack(const mt_model *m) {
+// Decode copies of the quantized matrices in the kernels' 8-row layout (backend/cpu/repack.h), once per
+// model (later sessions find them registered); METALLIC_REPACK=0 keeps decode on the mmap alone. The
+// packed set is the output matrix and the seven matrices of every layer: matrix i of packed_matrix.
+static bool repack_enabled(void) {
     const char *env = getenv("METALLIC_REPACK");
-    if ((env && !strcmp(env, "0")) || mt_cpu_isa() == MT_ISA_SCALAR) return MT_OK;
+    return !(env && !strcmp(env, "0")) && mt_cpu_isa() != MT_ISA_SCALAR;
+}
+
+static int n_packed_matrices(const mt_model *m) {
+    return 1 + 7 * m->src.config.n_layer;
+}
+
+static const mt_tensor *packed_matrix(const mt_model *m, int i) {
     const mt_qwen2_weights *w = &m->src.weights;
+    if (i == 0) return &w->output;
+    const mt_qwen2_layer *L = &w->layers[(i - 1) / 7];
+    const mt_tensor *t[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return t[(i - 1) % 7];
+}
+
+size_t mt_model_cpu_repack_bytes(const mt_model *m) {
+    size_t bytes = 0;
+    for (int i = 0; repack_enabled() && i < n_packed_matrices(m); i++)
+        bytes += mt_cpu_repack_tensor_bytes(packed_matrix(m, i));
+    return bytes;
+}
+
+static mt_status cpu_repack(const mt_model *m) {
+    if (!repack_enabled()) return MT_OK;
     const size_t before = mt_cpu_repack_bytes();
-    MT_TRY(mt_cpu_repack_tensor(&w->output, m));
-    for (int l = 0; l < m->src.config.n_layer; l++) {
-        const mt_qwen2_layer *L = &w->layers[l];
-        const mt_tensor *t[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (int i = 0; i < 7; i++) MT_TRY(mt_cpu_repack_tensor(t[i], m));
-    }
+    for (int i = 0; i < n_packed_matrices(m); i++) MT_TRY(mt_cpu_repack_tensor(packed_matrix(m, i), m));
     if (mt_metrics_enabled() && mt_cpu_repack_bytes() != before)
         mt_metrics_emitf("WeightRepack", "\"bytes\":%llu,\"total_bytes\":%llu",
                          (unsigned long long)(mt_cpu_repack_bytes() - before),

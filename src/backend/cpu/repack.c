@@ -184,8 +184,14 @@ static const mm_packed *find_locked(const void *data) {
     return NULL;
 }
 
+size_t mt_cpu_repack_tensor_bytes(const mt_tensor *w) {
+    if (!mt_cpu_repack_supports(w->dtype) || w->ne[1] < 8 || w->ne[2] * w->ne[3] != 1) return 0;
+    return (size_t)(w->ne[1] / 8) * mt_cpu_repack_group_bytes(w->dtype, w->ne[0]);
+}
+
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
-    if (!mt_cpu_repack_supports(w->dtype) || w->ne[1] < 8 || w->ne[2] * w->ne[3] != 1) return MT_OK;
+    const size_t bytes = mt_cpu_repack_tensor_bytes(w);
+    if (!bytes) return MT_OK;
     const int64_t k = w->ne[0], rows = w->ne[1] / 8 * 8;
     if (k % mt_dtype_get(w->dtype)->block_elems || w->nb[1] != mt_dtype_row_bytes(w->dtype, k))
         return mt_fail(MT_ERR_INVALID, "repack %s: rows of %lld elements not stored contiguously",
@@ -195,7 +201,7 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     pthread_rwlock_unlock(&g_lock);
     if (have) return MT_OK;
 
-    const size_t gb = mt_cpu_repack_group_bytes(w->dtype, k), bytes = (size_t)(rows / 8) * gb;
+    const size_t gb = mt_cpu_repack_group_bytes(w->dtype, k);
     // Large copies (the output matrix) on 2 MiB pages where the kernel gives them: the decode stream
     // then crosses no 4 KiB page boundary (where hardware prefetchers stop) and needs 512x fewer TLB
     // entries; smaller ones would waste up to a page each in rounding.

@@ -34,6 +34,8 @@ bool mt_cpu_repack_supports(mt_dtype t);
 // Packs the whole 8-row groups of a contiguous 2-D weight and registers them under `owner`. No-op (MT_OK)
 // for dtypes without a packed layout, fewer than 8 rows, or data already registered.
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner);
+// Bytes mt_cpu_repack_tensor would allocate for w (0: not packed).
+size_t mt_cpu_repack_tensor_bytes(const mt_tensor *w);
 // Bytes of one packed group of 8 rows of k elements (0 for dtypes without a packed layout).
 size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k);
 // Packed copy for weight `w` (a registered tensor or a row view inside one, same dtype and row size):
