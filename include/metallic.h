@@ -80,5 +80,9 @@ uint64_t mt_session_kv_bytes_copied(const mt_session *s);
 // Greedy token of the i-th logits row of the last decode, computed where the logits live (on a GPU only
 // the token id crosses to the host). MT_ERR_RANGE if there is no such row.
 mt_status mt_session_argmax(mt_session *s, int i, int32_t *token);
+// The token mt_sampler_sample(smp, row i, history, n_history) picks, with the same random stream: on the
+// CPU it is that call; on a GPU the choice is made on the device and only the id crosses to the host.
+mt_status mt_session_sample(mt_session *s, int i, mt_sampler *smp, const int32_t *history, int n_history,
+                            int32_t *token);
 
 #endif

@@ -34,6 +34,8 @@ for s in $STAGES; do
     ops)
         note "CUDA ops vs CPU references"
         run "$BIN/test-cuda-ops"
+        note "device sampling vs the CPU sampler"
+        run "$BIN/test-cuda-sample"
         ;;
     tiny)
         note "tiny models: CUDA sessions (legacy and graph) vs the CPU engine"
@@ -68,6 +70,8 @@ for s in $STAGES; do
                 $PY tools/gen_random_model.py "$MODELS/r05-$d.gguf" --shape 0.5b --dtype $d --vocab-from "$VOCAB"
             run "$BIN/test-cuda-ops" --bench "$MODELS/r05-$d.gguf" 512
         done
+        note "one sampling call: on the device vs downloading the logits for the CPU sampler"
+        run "$BIN/test-cuda-sample" --bench 300
         ;;
     hf)
         note "Hugging Face transformers vs the engine: random Qwen2 at 0.5B widths, ${HF_LAYERS:-24} layers"

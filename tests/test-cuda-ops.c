@@ -10,6 +10,7 @@
 
 #include "backend/device.h"
 #include "core/quant.h"
+#include "exec/cache.h"
 #include "exec/op.h"
 #include "harness.h"
 #include "metallic.h"
@@ -331,6 +332,150 @@ static void test_model(const char *path) {
     mt_model_free(m);
 }
 
+// Batches of changing sizes on a graph session whose cache holds 2 executables, so most steps evict one
+// and the next capture updates it (cudaGraphExecUpdate) instead of instantiating: the logits must equal
+// those of a session whose cache keeps every shape (same kernels, so equal to rounding).
+static mt_status run_shapes(mt_model *m, const char *capacity, float *out, int *n_steps, mt_cache_metrics *cm,
+                            int *updated) {
+    static const int sizes[] = {5, 3, 7, 2, 6, 4, 8, 3, 5, 1, 2, 7};
+    const int V = mt_model_config(m)->n_vocab;
+    setenv("METALLIC_EXEC_CACHE_CAPACITY", capacity, 1);
+    mt_session_opts o = mt_session_default_opts();
+    o.n_ctx = 128, o.n_batch = 16, o.device = MT_DEVICE_CUDA, o.cuda_graphs = true, o.n_threads = 0;
+    mt_session *s;
+    mt_status st = mt_session_create(m, &o, &s);
+    unsetenv("METALLIC_EXEC_CACHE_CAPACITY");
+    if (st != MT_OK) return st;
+    int32_t ids[16], pos[16], seq[16] = {0};
+    int8_t want[16];
+    int p = 0;
+    uint64_t r = 11;
+    *n_steps = (int)(sizeof sizes / sizeof sizes[0]);
+    for (int k = 0; st == MT_OK && k < *n_steps; k++) {
+        for (int i = 0; i < sizes[k]; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            ids[i] = (int32_t)((r >> 33) % (uint64_t)V), pos[i] = p++, want[i] = i == sizes[k] - 1;
+        }
+        mt_batch b = {sizes[k], ids, pos, seq, want};
+        st = mt_session_decode(s, &b);
+        const float *l = st == MT_OK ? mt_session_logits(s, 0) : NULL;
+        if (l) memcpy(out + (size_t)k * V, l, (size_t)V * sizeof(float));
+    }
+    // this session's graph cache: the only "cuda_graphs" cache alive
+    void *caches[16];
+    const mt_cache_ops *ops[16];
+    int nc = mt_cache_list(caches, ops, 16);
+    memset(cm, 0, sizeof *cm);
+    *updated = 0;
+    for (int i = 0; i < nc && i < 16; i++) {
+        mt_cache_metrics x;
+        ops[i]->metrics(caches[i], &x);
+        if (strcmp(x.name, "cuda_graphs") != 0) continue;
+        *cm = x;
+        mt_cache_entry_info e[16];
+        int ne = ops[i]->entries(caches[i], e, 16);
+        for (int j = 0; j < ne && j < 16; j++) {
+            *updated += strstr(e[j].label, "updated") != NULL;
+            printf("      cache %s entry: %s, capture + build %.3f ms\n", capacity, e[j].label,
+                   e[j].compile_ms);
+        }
+    }
+    mt_session_free(s);
+    return st;
+}
+
+static void test_graph_update(const char *path) {
+    mt_model *m;
+    if (mt_model_load(path, &m) != MT_OK) {
+        CHECK(0, "load %s: %s", path, mt_last_error());
+        return;
+    }
+    const int V = mt_model_config(m)->n_vocab;
+    float *a = malloc((size_t)16 * V * 4), *b = malloc((size_t)16 * V * 4);
+    int n = 0, up_a = 0, up_b = 0;
+    mt_cache_metrics ma, mb;
+    CHECK(run_shapes(m, "2", a, &n, &ma, &up_a) == MT_OK, "capacity 2: %s", mt_last_error());
+    CHECK(run_shapes(m, "64", b, &n, &mb, &up_b) == MT_OK, "capacity 64: %s", mt_last_error());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++) {
+        double e = (double)a[i] - b[i];
+        num += e * e, den += (double)b[i] * b[i];
+    }
+    printf(
+        "    %s: capacity 2: %llu misses, %llu evictions, %d of %d held entries updated, %.3f ms per "
+        "capture; "
+        "capacity 64: %llu misses, %llu evictions, %.3f ms per capture (all instantiated); logits rel diff "
+        "%.3e\n",
+        path, (unsigned long long)ma.misses, (unsigned long long)ma.evictions, up_a, ma.size,
+        ma.misses ? ma.compile_ms_total / (double)ma.misses : 0.0, (unsigned long long)mb.misses,
+        (unsigned long long)mb.evictions, mb.misses ? mb.compile_ms_total / (double)mb.misses : 0.0,
+        sqrt(num / den));
+    CHECK(sqrt(num / den) < 1e-5, "updated graphs differ from fresh ones: rel %.3g", sqrt(num / den));
+    CHECK(mb.evictions == 0 && mb.misses == 8, "capacity 64 misses %llu (8 shapes), evictions %llu",
+          (unsigned long long)mb.misses, (unsigned long long)mb.evictions);
+    CHECK(ma.size == 2 && ma.evictions >= 8, "capacity 2 held %d, evicted %llu", ma.size,
+          (unsigned long long)ma.evictions);
+    // the steps of 2..8 tokens run the same launch sequence with other sizes: updates must take
+    CHECK(up_a >= 1, "no executable was updated in place");
+    free(a), free(b);
+    mt_model_free(m);
+}
+
+// mt_session_sample on a CUDA graph session against the CPU sampler on the same session's logits: 24 steps
+// of sampled generation (each token fed back), for a few parameter sets; the ids must be equal.
+static void test_session_sample(const char *path) {
+    mt_model *m;
+    if (mt_model_load(path, &m) != MT_OK) {
+        CHECK(0, "load %s: %s", path, mt_last_error());
+        return;
+    }
+    static const float temps[] = {0.7f, 1.0f, 1.3f}, top_ps[] = {0.8f, 1.0f, 0.95f},
+                       min_ps[] = {0.0f, 0.0f, 0.02f};
+    static const int top_ks[] = {20, 0, 0};
+    int differ = 0, steps = 0;
+    for (int c = 0; c < 3; c++) {
+        mt_session_opts o = mt_session_default_opts();
+        o.n_ctx = 64, o.n_batch = 8, o.device = MT_DEVICE_CUDA, o.cuda_graphs = true, o.n_threads = 0;
+        mt_session *s;
+        if (mt_session_create(m, &o, &s) != MT_OK) {
+            CHECK(0, "session: %s", mt_last_error());
+            break;
+        }
+        mt_sampler_params p = mt_sampler_default_params();
+        p.temperature = temps[c], p.top_k = top_ks[c], p.top_p = top_ps[c], p.min_p = min_ps[c];
+        p.repeat_penalty = 1.1f, p.repeat_last_n = 16, p.seed = 40 + (uint64_t)c;
+        const int V = mt_model_config(m)->n_vocab;
+        mt_sampler *h, *d;
+        MT_ASSERT(mt_sampler_create(&p, V, &h) == MT_OK && mt_sampler_create(&p, V, &d) == MT_OK);
+        int32_t hist[40], pos[8], seq[8] = {0};
+        for (int i = 0; i < 6; i++) hist[i] = (int32_t)((i * 131 + 17) % V);
+        int8_t want[8] = {0, 0, 0, 0, 0, 1};
+        int n = 6;
+        for (int i = 0; i < 6; i++) pos[i] = i;
+        mt_batch b = {6, hist, pos, seq, want};
+        mt_status st = mt_session_decode(s, &b);
+        for (int k = 0; st == MT_OK && k < 24; k++, steps++) {
+            const float *l = mt_session_logits(s, 0);
+            int32_t a = l ? mt_sampler_sample(h, l, hist, n) : -1, g = -2;
+            st = mt_session_sample(s, 0, d, hist, n, &g);
+            if (st == MT_OK && a != g && differ++ < 3)
+                printf("    %s params %d step %d: cpu %d cuda %d\n", path, c, k, a, g);
+            hist[n] = a;
+            int32_t p1 = n;
+            int8_t w1 = 1;
+            mt_batch b1 = {1, &hist[n], &p1, seq, &w1};
+            n++;
+            if (st == MT_OK) st = mt_session_decode(s, &b1);
+        }
+        CHECK(st == MT_OK, "params %d: %s", c, mt_last_error());
+        mt_sampler_free(h), mt_sampler_free(d);
+        mt_session_free(s);
+    }
+    printf("    %s: %d sampled steps, %d differ\n", path, steps, differ);
+    CHECK(differ == 0, "%d of %d sampled ids differ from the CPU sampler's", differ, steps);
+    mt_model_free(m);
+}
+
 static int bench(const char *path, int pp, int tg) {
     mt_model *m;
     if (mt_model_load(path, &m) != MT_OK) return fprintf(stderr, "load: %s\n", mt_last_error()), 1;
@@ -474,6 +619,11 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc || (i == 1 && model); i++) {
         const char *p = argc > 1 ? argv[i] : model;
         RUN_NAMED(p, test_model(p));
+        char name[512];
+        snprintf(name, sizeof name, "graph_update %s", p);
+        RUN_NAMED(name, test_graph_update(p));
+        snprintf(name, sizeof name, "session_sample %s", p);
+        RUN_NAMED(name, test_session_sample(p));
         if (argc <= 1) break;
     }
     th_summary();

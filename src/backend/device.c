@@ -1,11 +1,15 @@
 // Device abstraction: host memory for the CPU, the CUDA backend behind MT_CUDA.
 #include "device.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "../core/telemetry.h"
+#include "../core/metrics.h"
+#include "../exec/cache.h"
 #include "../exec/eager.h"
 #ifdef MT_CUDA
 #include "cuda/backend-cuda.h"
@@ -232,6 +236,33 @@ mt_status mt_device_argmax(mt_device_kind d, const float *x, int width, int n, i
     return no_cuda("argmax");
 }
 
+mt_status mt_device_sample(mt_device_kind d, const float *row, int n_vocab, mt_sampler *smp,
+                           const int32_t *history, int n_history, int32_t *token) {
+    MT_ASSERT(!mt_sampler_is_greedy(smp));
+#ifdef MT_CUDA
+    if (d == MT_DEVICE_CUDA) {
+        // the floats the CPU sampler derives from its parameters, computed here the same way
+        const mt_sampler_params *p = mt_sampler_params_of(smp);
+        mt_cuda_sample_req r = {0};
+        r.n_vocab = n_vocab;
+        r.inv_t = 1.0f / p->temperature;
+        r.top_k = p->top_k;
+        r.top_p = p->top_p;
+        r.min_p = p->min_p;
+        r.log_min_p = p->min_p > 0.0f ? logf(p->min_p) : 0.0f;
+        r.repeat_penalty = p->repeat_penalty;
+        r.n_win = mt_sampler_penalty_window(smp, history, n_history, &r.win);
+        r.u = mt_sampler_peek_uniform(smp);
+        bool drew = false;
+        MT_TRY(mt_cuda_sample_row(row, &r, token, &drew));
+        if (drew) mt_sampler_consume_uniform(smp);
+        return MT_OK;
+    }
+#endif
+    (void)d, (void)row, (void)n_vocab, (void)history, (void)n_history, (void)token;
+    return no_cuda("sample");
+}
+
 mt_status mt_device_reserve(mt_device_kind d, int n_tok, int64_t k) {
     if (d == MT_DEVICE_CPU) return MT_OK;
 #ifdef MT_CUDA
@@ -242,12 +273,44 @@ mt_status mt_device_reserve(mt_device_kind d, int n_tok, int64_t k) {
 #endif
 }
 
+// The CUDA graphs of a session live in an executable cache of their own ("cuda_graphs": the same
+// metrics, events and dumps as the CPU plans): key = the step's batch shape, value = a graph executable.
+// An executable the cache evicts is not destroyed at once but kept as the spare, and the next capture
+// becomes an update of it (cudaGraphExecUpdate) when the launch sequence has the same shape.
 struct mt_device_graphs {
     mt_device_kind d;
 #ifdef MT_CUDA
-    mt_cuda_graphs *g;
+    mt_exec_cache *cache;
+    void *spare;  // one evicted executable, reused by the next capture
+    bool closing; // evictions during free destroy instead of keeping a spare
+    uint64_t t0;  // start of the capture in progress (mt_now_us)
+    int captures, updates;
 #endif
 };
+
+#ifdef MT_CUDA
+static void graph_retire(void *exe, void *ctx) {
+    mt_device_graphs *g = ctx;
+    if (!g->closing && !g->spare) {
+        g->spare = exe;
+        return;
+    }
+    mt_cuda_exec_destroy(exe);
+}
+
+// Every step of a session has the same segment (the whole forward pass), so the key is the shape: token
+// rows and logits rows (the KV length is read from device memory at replay: no bucket).
+static mt_exec_key graph_key(uint64_t key) {
+    const char tag[] = "cuda_step";
+    uint32_t n_out = (uint32_t)(key >> 32);
+    uint64_t sig = mt_sig_add(mt_sig_add(mt_sig_init(), tag, sizeof tag), &n_out, sizeof n_out);
+    return (mt_exec_key){.signature = sig,
+                         .rows_bucket = (int32_t)(uint32_t)key,
+                         .kv_bucket = -1,
+                         .dtype_policy = 0,
+                         .device = MT_EXEC_CUDA};
+}
+#endif
 
 mt_status mt_device_graphs_create(mt_device_kind d, int capacity, mt_device_graphs **out) {
     *out = NULL;
@@ -257,7 +320,8 @@ mt_status mt_device_graphs_create(mt_device_kind d, int capacity, mt_device_grap
     mt_device_graphs *g = mt_calloc(1, sizeof *g, "graph cache");
     if (!g) return MT_ERR_NOMEM;
     g->d = d;
-    mt_status st = mt_cuda_graphs_create(capacity, &g->g);
+    mt_exec_cache_opts o = {.name = "cuda_graphs", .capacity = capacity};
+    mt_status st = mt_exec_cache_create(&o, &g->cache);
     if (st != MT_OK) {
         free(g);
         return st;
@@ -273,14 +337,22 @@ mt_status mt_device_graphs_create(mt_device_kind d, int capacity, mt_device_grap
 void mt_device_graphs_free(mt_device_graphs *g) {
     if (!g) return;
 #ifdef MT_CUDA
-    mt_cuda_graphs_free(g->g);
+    g->closing = true;
+    mt_exec_cache_free(g->cache);
+    mt_cuda_exec_destroy(g->spare);
 #endif
     free(g);
 }
 
 bool mt_device_graphs_launch(mt_device_graphs *g, uint64_t key) {
 #ifdef MT_CUDA
-    return g && mt_cuda_graphs_launch(g->g, key);
+    if (!g) return false;
+    mt_exec_key k = graph_key(key);
+    mt_exec_handle *h = mt_exec_cache_acquire(g->cache, &k);
+    if (!h) return false;
+    mt_status st = mt_cuda_exec_launch(mt_exec_handle_get(h));
+    mt_exec_cache_release(g->cache, h);
+    return st == MT_OK;
 #else
     (void)g, (void)key;
     return false;
@@ -289,7 +361,8 @@ bool mt_device_graphs_launch(mt_device_graphs *g, uint64_t key) {
 
 mt_status mt_device_graphs_begin(mt_device_graphs *g) {
 #ifdef MT_CUDA
-    return mt_cuda_graphs_begin(g->g);
+    g->t0 = mt_now_us();
+    return mt_cuda_capture_begin();
 #else
     (void)g;
     return no_cuda("graphs");
@@ -298,7 +371,29 @@ mt_status mt_device_graphs_begin(mt_device_graphs *g) {
 
 mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key) {
 #ifdef MT_CUDA
-    return mt_cuda_graphs_end(g->g, key);
+    void *exe = NULL;
+    bool updated = false;
+    size_t nodes = 0;
+    MT_TRY(mt_cuda_capture_end(g->spare, &exe, &updated, &nodes));
+    if (updated) g->spare = NULL;
+    g->captures++;
+    g->updates += updated;
+    mt_exec_key k = graph_key(key);
+    // bytes 0: what an executable holds on the device is not observable; the count budget bounds them
+    mt_exec_value v = {.exe = exe, .bytes = 0, .destroy = graph_retire, .destroy_ctx = g};
+    mt_exec_handle *h = NULL;
+    mt_status st = mt_exec_cache_insert(g->cache, &k, &v, (double)(mt_now_us() - g->t0) * 1e-3, &h);
+    if (st != MT_OK) {
+        mt_cuda_exec_destroy(exe);
+        return st;
+    }
+    char label[64];
+    snprintf(label, sizeof label, "step: %d tokens, %d logits, %zu nodes, %s", (int)(uint32_t)key,
+             (int)(uint32_t)(key >> 32), nodes, updated ? "updated" : "instantiated");
+    mt_exec_handle_set_label(g->cache, h, label);
+    st = mt_cuda_exec_launch(exe);
+    mt_exec_cache_release(g->cache, h);
+    return st;
 #else
     (void)g, (void)key;
     return no_cuda("graphs");
@@ -307,17 +402,19 @@ mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key) {
 
 void mt_device_graphs_abort(mt_device_graphs *g) {
 #ifdef MT_CUDA
-    if (g) mt_cuda_graphs_abort(g->g);
+    if (g) mt_cuda_capture_abort();
 #else
     (void)g;
 #endif
 }
 
-int mt_device_graphs_captured(const mt_device_graphs *g) {
+void mt_device_graphs_stats(const mt_device_graphs *g, int *captures, int *updates) {
+    *captures = *updates = 0;
 #ifdef MT_CUDA
-    return g ? mt_cuda_graphs_captured(g->g) : 0;
+    if (!g) return;
+    *captures = g->captures;
+    *updates = g->updates;
 #else
     (void)g;
-    return 0;
 #endif
 }

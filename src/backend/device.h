@@ -11,6 +11,7 @@
 #include "../core/status.h"
 #include "../exec/op.h"
 #include "../model/qwen2.h"
+#include "../model/sampler.h"
 
 typedef enum mt_device_kind {
     MT_DEVICE_CPU = 0,
@@ -48,17 +49,27 @@ mt_status mt_device_gather_rows(mt_device_kind d, float *dst, const float *src, 
                                 int width);
 // CUDA: argmax of n rows of `width` floats into out (device) .
 mt_status mt_device_argmax(mt_device_kind d, const float *x, int width, int n, int32_t *out);
+// CUDA: the token mt_sampler_sample would pick from the n_vocab floats at `row` (device), chosen on the
+// device with the sampler's parameters and random stream (consumed as on the host); only the id crosses.
+// The sampler must not be greedy (mt_device_argmax covers that).
+mt_status mt_device_sample(mt_device_kind d, const float *row, int n_vocab, mt_sampler *smp,
+                           const int32_t *history, int n_history, int32_t *token);
 // CUDA: sizes GEMM staging for batches of n_tok tokens of up to k inputs (before any graph capture).
 mt_status mt_device_reserve(mt_device_kind d, int n_tok, int64_t k);
 
-// Captured launch sequences keyed by batch shape (CUDA graphs); on the CPU every call reports absent.
+// Captured launch sequences keyed by batch shape (CUDA graphs), held in an executable cache named
+// "cuda_graphs" (capacity entries; 0 = METALLIC_EXEC_CACHE_CAPACITY or its default). A capture after an
+// eviction updates the evicted executable when it can. On the CPU every call reports absent.
 typedef struct mt_device_graphs mt_device_graphs;
 mt_status mt_device_graphs_create(mt_device_kind d, int capacity, mt_device_graphs **out);
 void mt_device_graphs_free(mt_device_graphs *g);
+// True (and replays it) when `key` is cached.
 bool mt_device_graphs_launch(mt_device_graphs *g, uint64_t key);
+// Starts recording the launches; mt_device_graphs_end makes them the executable for `key` and runs it once.
 mt_status mt_device_graphs_begin(mt_device_graphs *g);
 mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key);
 void mt_device_graphs_abort(mt_device_graphs *g);
-int mt_device_graphs_captured(const mt_device_graphs *g);
+// Captures so far, and how many of them updated an evicted executable instead of instantiating one.
+void mt_device_graphs_stats(const mt_device_graphs *g, int *captures, int *updates);
 
 #endif

@@ -147,6 +147,10 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
     char piece[4096]; // detokenizer output: one token's bytes plus any held partial character
     int n_hist = n;
     const bool greedy_dev = mt_sampler_is_greedy(smp) && o->n_logprobs == 0;
+    // Sampling on the device is opt-in (METALLIC_DEVICE_SAMPLING=1) until the GPU check has run its
+    // comparison with the CPU sampler (tests/test-cuda-sample.c); by default the logits row is downloaded.
+    const char *ds = getenv("METALLIC_DEVICE_SAMPLING");
+    const bool sample_dev = !greedy_dev && o->n_logprobs == 0 && ds && !strcmp(ds, "1");
     out->stop = MT_STOP_LENGTH;
     for (;;) {
         if (in_iter) mt_tel_end("iteration_total");
@@ -169,6 +173,17 @@ mt_status mt_generate(mt_session *s, const mt_model *m, mt_sampler *smp, const i
                 mt_tel_begin("sampling");
                 mt_tel_end("sampling");
             }
+        } else if (sample_dev) {
+            // the choice is made where the logits live (on a GPU only the id crosses), so logits_sync is
+            // empty and sampling is the whole choice, the device's kernels and the wait for them included
+            if (in_iter) {
+                mt_tel_begin("logits_sync");
+                mt_tel_end("logits_sync");
+                mt_tel_begin("sampling");
+            }
+            st = mt_session_sample(s, 0, smp, hist, n_hist, &id);
+            if (in_iter) mt_tel_end("sampling");
+            if (st != MT_OK) goto done;
         } else {
             if (in_iter) mt_tel_begin("logits_sync");
             logits = mt_session_logits(s, 0);

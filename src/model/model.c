@@ -641,7 +641,7 @@ static mt_status device_setup(mt_session *s) {
     if (c->n_embd > k) k = c->n_embd;
     if ((int64_t)c->n_head * c->head_dim > k) k = (int64_t)c->n_head * c->head_dim;
     MT_TRY(mt_device_reserve(s->dev, s->n_batch, k));
-    if (s->use_graphs) MT_TRY(mt_device_graphs_create(s->dev, 16, &s->graphs));
+    if (s->use_graphs) MT_TRY(mt_device_graphs_create(s->dev, 0, &s->graphs));
     return mt_device_sync(s->dev);
 }
 
@@ -667,7 +667,7 @@ static mt_status decode_device(mt_session *s, const mt_batch *b, int n, int n_ou
         if (s->graphs) {
             mt_device_graphs_free(s->graphs);
             s->graphs = NULL;
-            MT_TRY(mt_device_graphs_create(s->dev, 16, &s->graphs));
+            MT_TRY(mt_device_graphs_create(s->dev, 0, &s->graphs));
         }
     }
     int n_body, n_head;
@@ -731,6 +731,20 @@ mt_status mt_session_argmax(mt_session *s, int i, int32_t *token) {
     }
     MT_TRY(mt_device_argmax(s->dev, s->d_logits + (size_t)i * (size_t)V, V, 1, s->d_argmax));
     return mt_device_download(s->dev, token, s->d_argmax, sizeof *token);
+}
+
+mt_status mt_session_sample(mt_session *s, int i, mt_sampler *smp, const int32_t *history, int n_history,
+                            int32_t *token) {
+    if (i < 0 || i >= s->n_logits)
+        return mt_fail(MT_ERR_RANGE, "sample: logits row %d of %d", i, s->n_logits);
+    int V = s->c->n_vocab;
+    if (s->dev == MT_DEVICE_CPU || mt_sampler_is_greedy(smp)) {
+        const float *l = mt_session_logits(s, i);
+        if (!l) return mt_fail(MT_ERR_INTERNAL, "sample: logits row %d could not be read", i);
+        *token = mt_sampler_sample(smp, l, history, n_history);
+        return MT_OK;
+    }
+    return mt_device_sample(s->dev, s->d_logits + (size_t)i * (size_t)V, V, smp, history, n_history, token);
 }
 
 mt_status mt_session_decode(mt_session *s, const mt_batch *b) {

@@ -170,6 +170,28 @@ bool mt_sampler_is_greedy(const mt_sampler *s) {
     return s->p.temperature <= 0.0f;
 }
 
+const mt_sampler_params *mt_sampler_params_of(const mt_sampler *s) {
+    return &s->p;
+}
+
+double mt_sampler_peek_uniform(const mt_sampler *s) {
+    uint64_t r[4];
+    memcpy(r, s->rng, sizeof r);
+    return rng_uniform(r);
+}
+
+void mt_sampler_consume_uniform(mt_sampler *s) {
+    (void)rng_uniform(s->rng);
+}
+
+int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history, const int32_t **win) {
+    *win = NULL;
+    if (!(s->p.repeat_penalty != 1.0f && s->p.repeat_last_n > 0 && history && n_history > 0)) return 0;
+    int from = n_history > s->p.repeat_last_n ? n_history - s->p.repeat_last_n : 0;
+    *win = history + from;
+    return n_history - from;
+}
+
 int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *history, int n_history) {
     const mt_sampler_params *p = &s->p;
     const int n = s->n_vocab;
@@ -177,15 +199,16 @@ int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *his
 
     // Repetition penalty over the distinct ids of the recent history (llama.cpp semantics): the ids are
     // stamped here and the penalty applied as their logits are read below.
-    const bool pen = p->repeat_penalty != 1.0f && p->repeat_last_n > 0 && history && n_history > 0;
+    const int32_t *win;
+    const int n_win = mt_sampler_penalty_window(s, history, n_history, &win);
+    const bool pen = n_win > 0;
     if (pen) {
         if (++s->call == 0) { // stamp counter wrapped: clear so old stamps cannot match
             memset(s->stamp, 0, (size_t)n * sizeof *s->stamp);
             s->call = 1;
         }
-        int from = n_history > p->repeat_last_n ? n_history - p->repeat_last_n : 0;
-        for (int i = from; i < n_history; i++)
-            if (history[i] >= 0 && history[i] < n) s->stamp[history[i]] = s->call;
+        for (int i = 0; i < n_win; i++)
+            if (win[i] >= 0 && win[i] < n) s->stamp[win[i]] = s->call;
     }
 
     mt_cand *c = s->cand;

@@ -30,4 +30,12 @@ int32_t mt_sampler_sample(mt_sampler *s, const float *logits, const int32_t *his
 // True when sampling is plain argmax (temperature 0): the caller may take the argmax where the logits live.
 bool mt_sampler_is_greedy(const mt_sampler *s);
 
+// For a sampler that runs elsewhere (on the GPU) with the same semantics: the parameters; the uniform in
+// [0, 1) that the next draw of mt_sampler_sample would use (not consumed); consuming it, so both samplers
+// read one stream; and the history ids the repetition penalty covers (*win, returned count; 0 = no penalty).
+const mt_sampler_params *mt_sampler_params_of(const mt_sampler *s);
+double mt_sampler_peek_uniform(const mt_sampler *s);
+void mt_sampler_consume_uniform(mt_sampler *s);
+int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history, const int32_t **win);
+
 #endif

@@ -48,6 +48,27 @@ mt_status mt_cuda_run_fused(const mt_node *nodes, int n_nodes);
 mt_status mt_cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_rows, int d);
 // Index of the largest value of each of n rows of x ([d, n] F32, device) into out[n] (device).
 mt_status mt_cuda_argmax_rows(const float *x, int d, int n, int32_t *out);
+// Device sampling (sample.cu): one logits row reduced to a token id with mt_sampler_sample's semantics.
+// The host prepares what the CPU sampler derives from its parameters, so both see the same floats.
+typedef struct mt_cuda_sample_req {
+    int n_vocab;
+    float inv_t;          // 1.0f / temperature (temperature > 0)
+    int top_k;            // 0 or >= n_vocab: off
+    float top_p;          // 1: off
+    float min_p;          // 0: off
+    float log_min_p;      // logf(min_p), computed on the host
+    float repeat_penalty; // applied to the ids of win
+    const int32_t *win;   // host: the last repeat_last_n history ids (any order, repeats and bad ids allowed)
+    int n_win;            // 0: no penalty
+    double u;             // the uniform in [0, 1) of the draw
+} mt_cuda_sample_req;
+// Samples the n_vocab floats at `logits` (device). *token: the id; *drew: false when every logit was -inf
+// or NaN and the raw argmax was returned without using u (the CPU sampler then draws nothing either).
+mt_status mt_cuda_sample_row(const float *logits, const mt_cuda_sample_req *r, int32_t *token, bool *drew);
+// Sizes the sampler's device scratch (grows; refused during a graph capture).
+mt_status mt_cuda_sample_reserve(int n_vocab, int n_win);
+// Rows sampled so far, and how many of them needed the sort (top-k or top-p on).
+void mt_cuda_sample_stats(uint64_t *calls, uint64_t *sorted_calls);
 // Sizes the GEMM staging for prefill batches of up to n_tok tokens of up to k inputs (call before capture).
 mt_status mt_cuda_reserve(int n_tok, int64_t k);
 
@@ -72,22 +93,17 @@ mt_status mt_cuda_op_swiglu(const mt_node *n);
 mt_status mt_cuda_op_add(const mt_node *n);
 mt_status mt_cuda_op_softmax(const mt_node *n);
 
-// CUDA graphs: a small cache of captured node lists keyed by an integer (the model uses the batch shape).
-// mt_cuda_graph_begin starts capturing the backend stream; every launch until mt_cuda_graph_end is
-// recorded instead of run; mt_cuda_graph_launch replays a cached key. Keys beyond the cache evict the
-// least recently used graph.
-typedef struct mt_cuda_graphs mt_cuda_graphs;
-mt_status mt_cuda_graphs_create(int capacity, mt_cuda_graphs **out);
-void mt_cuda_graphs_free(mt_cuda_graphs *g);
-// True (and replays it) when `key` is cached.
-bool mt_cuda_graphs_launch(mt_cuda_graphs *g, uint64_t key);
-mt_status mt_cuda_graphs_begin(mt_cuda_graphs *g);
-// Ends the capture started by mt_cuda_graphs_begin, instantiates it under `key` and launches it once.
-mt_status mt_cuda_graphs_end(mt_cuda_graphs *g, uint64_t key);
+// CUDA graphs. mt_cuda_capture_begin starts capturing the backend stream: every launch until
+// mt_cuda_capture_end is recorded instead of run. capture_end turns the recording into an executable: an
+// update of `reuse` (an executable no longer wanted, e.g. one the cache evicted) when cudaGraphExecUpdate
+// accepts it (*updated; *exec is then `reuse`), else a new instantiation (`reuse` stays the caller's).
+// *nodes: nodes recorded. The executables are opaque here; the cache above keys them by batch shape.
+mt_status mt_cuda_capture_begin(void);
+mt_status mt_cuda_capture_end(void *reuse, void **exec, bool *updated, size_t *nodes);
 // Ends a capture that failed part-way and drops what was recorded.
-void mt_cuda_graphs_abort(mt_cuda_graphs *g);
-// Graphs captured so far (telemetry / tests).
-int mt_cuda_graphs_captured(const mt_cuda_graphs *g);
+void mt_cuda_capture_abort(void);
+mt_status mt_cuda_exec_launch(void *exec);
+void mt_cuda_exec_destroy(void *exec);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,4 @@
-// CUDA runtime glue: device probe, memory, copies on the backend stream, and the graph cache.
+// CUDA runtime glue: device probe, memory, copies on the backend stream, and CUDA graph capture.
 #include <stdio.h>
 #include <string.h>
 
@@ -143,100 +143,55 @@ mt_status mt_cuda_staging(void **buf, size_t *have, size_t need, const char *wha
 }
 
 // ---- graphs ----------------------------------------------------------------------------------------
+// Capture of the backend stream and the executables made from it; the cache that keys them by batch shape
+// is the executable cache, above the backend (src/backend/device.c).
 
-struct mt_cuda_graphs {
-    int cap, n, captured;
-    uint64_t *keys;
-    uint64_t *used; // last-use tick per slot (LRU eviction)
-    cudaGraphExec_t *exec;
-    uint64_t tick;
-};
-
-mt_status mt_cuda_graphs_create(int capacity, mt_cuda_graphs **out) {
-    *out = NULL;
-    MT_TRY(need_ctx("graphs"));
-    if (capacity < 1) return mt_fail(MT_ERR_INVALID, "cuda graphs: capacity %d < 1", capacity);
-    mt_cuda_graphs *g = (mt_cuda_graphs *)mt_calloc(1, sizeof *g, "graph cache");
-    if (!g) return MT_ERR_NOMEM;
-    g->cap = capacity;
-    g->keys = (uint64_t *)mt_calloc((size_t)capacity, sizeof(uint64_t), "graph keys");
-    g->used = (uint64_t *)mt_calloc((size_t)capacity, sizeof(uint64_t), "graph ticks");
-    g->exec = (cudaGraphExec_t *)mt_calloc((size_t)capacity, sizeof(cudaGraphExec_t), "graph execs");
-    if (!g->keys || !g->used || !g->exec) {
-        mt_cuda_graphs_free(g);
-        return MT_ERR_NOMEM;
-    }
-    *out = g;
-    return MT_OK;
-}
-
-void mt_cuda_graphs_free(mt_cuda_graphs *g) {
-    if (!g) return;
-    for (int i = 0; i < g->n; i++)
-        if (g->exec[i]) cudaGraphExecDestroy(g->exec[i]);
-    free(g->keys);
-    free(g->used);
-    free(g->exec);
-    free(g);
-}
-
-bool mt_cuda_graphs_launch(mt_cuda_graphs *g, uint64_t key) {
-    for (int i = 0; i < g->n; i++)
-        if (g->keys[i] == key) {
-            g->used[i] = ++g->tick;
-            return cudaGraphLaunch(g->exec[i], g_ctx.stream) == cudaSuccess;
-        }
-    return false;
-}
-
-mt_status mt_cuda_graphs_begin(mt_cuda_graphs *g) {
-    (void)g;
+mt_status mt_cuda_capture_begin(void) {
+    MT_TRY(need_ctx("graph capture"));
     // relaxed: cuBLAS may query attributes while the stream is being captured
     cudaError_t e = cudaStreamBeginCapture(g_ctx.stream, cudaStreamCaptureModeRelaxed);
     return e == cudaSuccess ? MT_OK : MT_CU_FAIL(e, "begin capture");
 }
 
-mt_status mt_cuda_graphs_end(mt_cuda_graphs *g, uint64_t key) {
+mt_status mt_cuda_capture_end(void *reuse, void **exec, bool *updated, size_t *nodes) {
+    *exec = NULL;
+    *updated = false;
+    *nodes = 0;
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(g_ctx.stream, &graph);
     if (e != cudaSuccess) return MT_CU_FAIL(e, "end capture");
-    int slot = g->n;
-    if (g->n == g->cap) { // evict the least recently used shape
-        slot = 0;
-        for (int i = 1; i < g->n; i++)
-            if (g->used[i] < g->used[slot]) slot = i;
-        cudaGraphExecDestroy(g->exec[slot]);
-    } else {
-        g->n++;
+    cudaGraphGetNodes(graph, NULL, nodes);
+    if (reuse) {
+        // Same launch sequence with other grid sizes and arguments (another token count): rewriting the
+        // parameters of an existing executable is cheaper than instantiating a new one.
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate((cudaGraphExec_t)reuse, graph, &info) == cudaSuccess) {
+            cudaGraphDestroy(graph);
+            *exec = reuse;
+            *updated = true;
+            return MT_OK;
+        }
+        cudaGetLastError(); // a topology change is an expected refusal: instantiate instead
     }
     cudaGraphExec_t ex = NULL;
     e = cudaGraphInstantiate(&ex, graph, 0);
     cudaGraphDestroy(graph);
-    if (e != cudaSuccess) {
-        // keep the table dense: move the last entry into the failed slot
-        g->n--;
-        if (slot != g->n) {
-            g->keys[slot] = g->keys[g->n];
-            g->used[slot] = g->used[g->n];
-            g->exec[slot] = g->exec[g->n];
-        }
-        return MT_CU_FAIL(e, "graph instantiate");
-    }
-    g->keys[slot] = key;
-    g->exec[slot] = ex;
-    g->used[slot] = ++g->tick;
-    g->captured++;
-    e = cudaGraphLaunch(ex, g_ctx.stream);
-    return e == cudaSuccess ? MT_OK : MT_CU_FAIL(e, "graph launch");
+    if (e != cudaSuccess) return MT_CU_FAIL(e, "graph instantiate");
+    *exec = ex;
+    return MT_OK;
 }
 
-int mt_cuda_graphs_captured(const mt_cuda_graphs *g) {
-    return g ? g->captured : 0;
-}
-
-void mt_cuda_graphs_abort(mt_cuda_graphs *g) {
-    (void)g;
+void mt_cuda_capture_abort(void) {
     cudaGraph_t graph = NULL;
     if (cudaStreamEndCapture(g_ctx.stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
     cudaGetLastError();
+}
+
+mt_status mt_cuda_exec_launch(void *exec) {
+    cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)exec, g_ctx.stream);
+    return e == cudaSuccess ? MT_OK : MT_CU_FAIL(e, "graph launch");
+}
+
+void mt_cuda_exec_destroy(void *exec) {
+    if (exec) cudaGraphExecDestroy((cudaGraphExec_t)exec);
 }
