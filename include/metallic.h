@@ -37,9 +37,10 @@ const char *mt_model_chat_template(const mt_model *m);
 const mt_sampler_params *mt_model_gen_params(const mt_model *m);
 // Bytes of weights as stored (what a decode step reads).
 size_t mt_model_weight_bytes(const mt_model *m);
-// Bytes of the packed weight copies a CPU session makes next to the mmap (0 with METALLIC_REPACK=0 or
-// the scalar kernels): what the WeightRepack event reports for the first CPU session.
-size_t mt_model_cpu_repack_bytes(const mt_model *m);
+// Bytes of the packed weight copies a CPU session makes (0 with METALLIC_REPACK=0 or the scalar kernels):
+// what the WeightRepack event reports for the first CPU session. *replaced (may be NULL): the mapped file
+// pages those copies stand in for and give back (F16 weights), so the net cost is the difference.
+size_t mt_model_cpu_repack_bytes(const mt_model *m, size_t *replaced);
 
 typedef struct mt_session_opts {
     int n_ctx;     // positions per sequence; 0 = the model's context length, capped by memory

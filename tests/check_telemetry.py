@@ -193,6 +193,22 @@ else:
     ev = [e for e in events(rp + "2") if e["event"] == "WeightRepack"] if p.returncode == 0 else None
     report("METALLIC_REPACK=0: no packed copies, no WeightRepack event", ev == [], f"rc {p.returncode}, {ev}")
 
+# F16 matrices: the packed copy replaces the stored rows, whose mapped file pages are given back; the event
+# and inspect report the same bytes (a tiny F16 model: its larger matrices span whole pages)
+tiny16 = os.path.join(tmp, "tiny-f16.gguf")
+g = subprocess.run([sys.executable, "tools/gen_tiny_model.py", tiny16, "--dtype", "f16", "--layers", "2", "--seed", "5"],
+                   capture_output=True, text=True)
+rp16 = os.path.join(tmp, "repack16.jsonl")
+p = run(["run", tiny16, "the model", "--max-tokens", "4", "--device", "cpu", "--temperature", "0"],
+        {"METALLIC_METRICS_JSONL_PATH": rp16})
+ev = [e for e in events(rp16) if e["event"] == "WeightRepack"] if g.returncode == 0 and p.returncode == 0 else []
+q = run(["inspect", tiny16])
+line = [x for x in q.stdout.splitlines() if x.startswith("cpu repack:")]
+m = re.search(r"^cpu repack: (\d+) bytes .* replacing (\d+) bytes", line[0]) if line else None
+report("F16: the packed copies replace mapped file pages (WeightRepack released_bytes = inspect's figure > 0)",
+       len(ev) == 1 and m is not None and ev[0]["bytes"] == int(m.group(1)) and
+       ev[0].get("released_bytes", -1) == int(m.group(2)) > 0, f"events {ev}, inspect {line}")
+
 # ---- overhead of throughput-mode telemetry on the real model (benchmark, printed) ----
 if not os.path.exists(args.model):
     skip("throughput-mode overhead on the real model", f"{args.model} absent")

@@ -104,14 +104,14 @@ static void check_case_v(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *p
     if (repack) {
         const size_t before = mt_cpu_repack_bytes();
         MT_ASSERT(mt_cpu_repack_tensor(&P, &P) == MT_OK);
-        const int64_t groups = (m + v0) / 8;
+        const int64_t gr = mt_cpu_repack_group_rows(t), groups = (m + v0) / gr;
         int64_t row0 = -1, rows = -1;
         const uint8_t *pk = mt_cpu_repack_find(&W, &row0, &rows);
         CHECK(mt_cpu_repack_bytes() - before == (size_t)groups * mt_cpu_repack_group_bytes(t, k),
               "%s: %zu packed bytes for %lld groups", mt_dtype_name(t), mt_cpu_repack_bytes() - before,
               (long long)groups);
-        if (v0 < 8 * groups) {
-            CHECK(pk && row0 == v0 && rows == 8 * groups, "%s m=%lld v0=%lld: find gives row0 %lld rows %lld",
+        if (v0 < gr * groups) {
+            CHECK(pk && row0 == v0 && rows == gr * groups, "%s m=%lld v0=%lld: find gives row0 %lld rows %lld",
                   mt_dtype_name(t), (long long)m, (long long)v0, (long long)row0, (long long)rows);
         } else {
             CHECK(!pk, "%s: no packed copy for rows past the last whole group", mt_dtype_name(t));

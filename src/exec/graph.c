@@ -17,9 +17,10 @@
 
 // From this many tokens a matmul stage runs in the kernels' prefill layout (see run_stage).
 #define GRAPH_PREFILL_TOKENS 8
-// Decode stages split weight rows between threads in groups of 8: the repacked one-token kernels work on
-// 8 interleaved rows, and a slice starting inside a group would run its first rows on the unpacked kernel.
-#define GRAPH_ROW_UNIT 8
+// Decode stages split weight rows between threads in groups of 16: the repacked one-token kernels work on
+// 8 interleaved rows (16 for F16), and a slice starting inside a group would run its first rows on the
+// unpacked kernel.
+#define GRAPH_ROW_UNIT 16
 // Tokens an owner takes from its own share per kernel call in a prefill matmul stage: the kernels' largest
 // cache block, so a share is streamed in as many weight passes as one whole call would need.
 #define GRAPH_OWN_CHUNK 64

@@ -334,8 +334,10 @@ static void session_telemetry(const mt_session *s) {
 
 static mt_status device_setup(mt_session *s);
 
-// Decode copies of the quantized matrices in the kernels' 8-row layout (backend/cpu/repack.h), once per
-// model (later sessions find them registered); METALLIC_REPACK=0 keeps decode on the mmap alone. The
+// Packed copies of the matrices in the kernels' layouts (backend/cpu/repack.h: 8-row groups of the
+// quantized types for decode; 16-row k-major F16 for decode and prefill, which replaces the stored rows'
+// mapped pages), once per model (later sessions find them registered); METALLIC_REPACK=0 keeps every
+// matmul on the mmap alone. The
 // packed set is the output matrix and the seven matrices of every layer: matrix i of packed_matrix.
 static bool repack_enabled(void) {
     const char *env = getenv("METALLIC_REPACK");
@@ -354,21 +356,25 @@ static const mt_tensor *packed_matrix(const mt_model *m, int i) {
     return t[(i - 1) % 7];
 }
 
-size_t mt_model_cpu_repack_bytes(const mt_model *m) {
-    size_t bytes = 0;
-    for (int i = 0; repack_enabled() && i < n_packed_matrices(m); i++)
+size_t mt_model_cpu_repack_bytes(const mt_model *m, size_t *replaced) {
+    size_t bytes = 0, rep = 0;
+    for (int i = 0; repack_enabled() && i < n_packed_matrices(m); i++) {
         bytes += mt_cpu_repack_tensor_bytes(packed_matrix(m, i));
+        rep += mt_cpu_repack_source_bytes(packed_matrix(m, i));
+    }
+    if (replaced) *replaced = rep;
     return bytes;
 }
 
 static mt_status cpu_repack(const mt_model *m) {
     if (!repack_enabled()) return MT_OK;
-    const size_t before = mt_cpu_repack_bytes();
+    const size_t before = mt_cpu_repack_bytes(), rel0 = mt_cpu_repack_released_bytes();
     for (int i = 0; i < n_packed_matrices(m); i++) MT_TRY(mt_cpu_repack_tensor(packed_matrix(m, i), m));
     if (mt_metrics_enabled() && mt_cpu_repack_bytes() != before)
-        mt_metrics_emitf("WeightRepack", "\"bytes\":%llu,\"total_bytes\":%llu",
+        mt_metrics_emitf("WeightRepack", "\"bytes\":%llu,\"total_bytes\":%llu,\"released_bytes\":%llu",
                          (unsigned long long)(mt_cpu_repack_bytes() - before),
-                         (unsigned long long)mt_cpu_repack_bytes());
+                         (unsigned long long)mt_cpu_repack_bytes(),
+                         (unsigned long long)(mt_cpu_repack_released_bytes() - rel0));
     return MT_OK;
 }
 

@@ -1,5 +1,6 @@
 // The fast matmul kernels (matmul-kernels.inc) for the AVX-512 level: AVX-512 VNNI dot products on
-// 256-bit registers (AVX-512VL), masked sign folding (AVX-512BW).
+// 256-bit registers (AVX-512VL), masked sign folding (AVX-512BW), and the packed F16 kernels on 512-bit
+// registers.
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -15,6 +16,7 @@
 #endif
 
 #define MM_SUFFIX(name) name##_avx512
+#define MM_ZMM 1 // 512-bit registers where a kernel has that form (the packed F16 kernels)
 #define DOT_U8S8(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #define MADD16(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
 #define SIGN_S8(x, w) _mm256_mask_sub_epi8((x), _mm256_movepi8_mask(w), _mm256_setzero_si256(), (x))

@@ -1,7 +1,8 @@
-// Weight repacking for decode (layouts in repack.h) and the registry of packed copies.
+// Weight repacking (layouts in repack.h) and the registry of packed copies.
 #include "repack.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -16,23 +17,38 @@ typedef struct {
     int64_t k, rows;     // row length; rows covered by whole groups
     mt_dtype dtype;
     uint8_t *packed;
-    size_t bytes;
+    size_t bytes, map_bytes; // the copy; its anonymous mapping (page-rounded)
+    size_t released;         // stored bytes given back (F16)
     const void *owner;
 } mm_packed;
 
 static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
 static mm_packed *g_ent;
 static int g_n, g_cap;
-static size_t g_bytes;
+static size_t g_bytes, g_released;
 
 bool mt_cpu_repack_supports(mt_dtype t) {
-    return t == MT_Q8_0 || t == MT_Q5_0 || t == MT_Q4_K || t == MT_Q6_K;
+    return t == MT_Q8_0 || t == MT_Q5_0 || t == MT_Q4_K || t == MT_Q6_K || t == MT_F16;
+}
+
+int mt_cpu_repack_group_rows(mt_dtype t) {
+    return t == MT_F16 ? 16 : 8;
 }
 
 size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k) {
     if (t == MT_Q4_K) return (size_t)(k / 256) * 1184;
     if (t == MT_Q6_K) return (size_t)(k / 256) * 1680;
+    if (t == MT_F16) return 32 * (size_t)k;
     return mt_cpu_repack_supports(t) ? 8 * mt_dtype_row_bytes(t, k) : 0;
+}
+
+// 16 rows of F16 side by side per k (the GEMM's weight panel, read with vcvtph2ps).
+static void pack_f16(const uint8_t *src, size_t nb1, int64_t k, uint8_t *dst) {
+    uint16_t *d = (uint16_t *)(void *)dst;
+    for (int j = 0; j < 16; j++) {
+        const uint8_t *row = src + (size_t)j * nb1;
+        for (int64_t kk = 0; kk < k; kk++) memcpy(d + 16 * kk + j, row + 2 * kk, 2);
+    }
 }
 
 static void pack_q8_0(const uint8_t *src, size_t nb1, int64_t nb, uint8_t *dst) {
@@ -146,6 +162,10 @@ static void *pack_run(void *arg) {
     for (long g = j->g0; g < j->g1; g++) {
         const uint8_t *in = j->src + (size_t)g * 8 * nb1;
         uint8_t *out = j->dst + (size_t)g * j->gb;
+        if (j->w->dtype == MT_F16) {
+            pack_f16(j->src + (size_t)g * 16 * nb1, nb1, k, out);
+            continue;
+        }
         switch (j->w->dtype) {
         case MT_Q8_0:
             pack_q8_0(in, nb1, k / 32, out);
@@ -185,14 +205,61 @@ static const mm_packed *find_locked(const void *data) {
 }
 
 size_t mt_cpu_repack_tensor_bytes(const mt_tensor *w) {
-    if (!mt_cpu_repack_supports(w->dtype) || w->ne[1] < 8 || w->ne[2] * w->ne[3] != 1) return 0;
-    return (size_t)(w->ne[1] / 8) * mt_cpu_repack_group_bytes(w->dtype, w->ne[0]);
+    const int gr = mt_cpu_repack_group_rows(w->dtype);
+    if (!mt_cpu_repack_supports(w->dtype) || w->ne[1] < gr || w->ne[2] * w->ne[3] != 1) return 0;
+    return (size_t)(w->ne[1] / gr) * mt_cpu_repack_group_bytes(w->dtype, w->ne[0]);
+}
+
+// The whole pages of [p, p + n) (first at *a0) if the range lies in one read-only file mapping of this
+// process, where dropping pages loses nothing (they read back from the file); 0 otherwise (heap data would
+// be zeroed).
+static size_t file_pages(const uint8_t *p, size_t n, uintptr_t *a0) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return 0;
+    const uintptr_t b = (uintptr_t)p, e = b + n;
+    unsigned long lo, hi, inode = 0;
+    char perm[8], line[512];
+    bool in_file = false;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%lx-%lx %7s %*x %*x:%*x %lu", &lo, &hi, perm, &inode) == 4 && lo <= b && e <= hi) {
+            in_file = inode != 0 && perm[1] != 'w';
+            break;
+        }
+    fclose(f);
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), s0 = (b + pg - 1) / pg * pg, s1 = e / pg * pg;
+    if (!in_file || s1 <= s0) return 0;
+    *a0 = s0;
+    return s1 - s0;
+}
+
+size_t mt_cpu_repack_source_bytes(const mt_tensor *w) {
+    uintptr_t a0;
+    if (w->dtype != MT_F16 || !mt_cpu_repack_tensor_bytes(w)) return 0;
+    return file_pages(w->data, (size_t)(w->ne[1] / 16 * 16) * w->nb[1], &a0);
+}
+
+// Anonymous memory for a packed copy, 2 MiB-aligned with the whole 2 MiB pages inside it on huge pages
+// where the kernel gives them (a decode stream then crosses no 4 KiB boundary, where hardware prefetchers
+// stop, and needs 512x fewer TLB entries); the tail past the last whole 2 MiB stays on 4 KiB pages, so
+// nothing is rounded up. *map_bytes: what mt_cpu_repack_release unmaps.
+static uint8_t *alloc_packed(size_t bytes, size_t *map_bytes) {
+    const size_t huge = (size_t)2 << 20, pg = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t len = (bytes + pg - 1) / pg * pg, span = len + huge;
+    uint8_t *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    uint8_t *p = (uint8_t *)(((uintptr_t)m + huge - 1) / huge * huge);
+    if (p > m) munmap(m, (size_t)(p - m));
+    if (m + span > p + len) munmap(p + len, (size_t)(m + span - (p + len)));
+    if (len >= huge) madvise(p, len / huge * huge, MADV_HUGEPAGE);
+    *map_bytes = len;
+    return p;
 }
 
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     const size_t bytes = mt_cpu_repack_tensor_bytes(w);
     if (!bytes) return MT_OK;
-    const int64_t k = w->ne[0], rows = w->ne[1] / 8 * 8;
+    const int gr = mt_cpu_repack_group_rows(w->dtype);
+    const int64_t k = w->ne[0], rows = w->ne[1] / gr * gr;
     if (k % mt_dtype_get(w->dtype)->block_elems || w->nb[1] != mt_dtype_row_bytes(w->dtype, k))
         return mt_fail(MT_ERR_INVALID, "repack %s: rows of %lld elements not stored contiguously",
                        w->name ? w->name : "weight", (long long)k);
@@ -202,13 +269,8 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     if (have) return MT_OK;
 
     const size_t gb = mt_cpu_repack_group_bytes(w->dtype, k);
-    // Large copies (the output matrix) on 2 MiB pages where the kernel gives them: the decode stream
-    // then crosses no 4 KiB page boundary (where hardware prefetchers stop) and needs 512x fewer TLB
-    // entries; smaller ones would waste up to a page each in rounding.
-    const size_t huge = (size_t)2 << 20, align = bytes >= 16 * huge ? huge : 64;
-    const size_t cap = (bytes + align - 1) / align * align;
-    uint8_t *packed = aligned_alloc(align, cap);
-    if (packed && align == huge) madvise(packed, cap, MADV_HUGEPAGE);
+    size_t map_bytes = 0;
+    uint8_t *packed = alloc_packed(bytes, &map_bytes);
     if (!packed)
         return mt_fail(MT_ERR_NOMEM, "repacked copy of %s (%zu bytes)", w->name ? w->name : "weight", bytes);
     const uint8_t *src = w->data;
@@ -220,7 +282,7 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     int nt = bytes < ((size_t)256 << 10) ? 1 : ncpu > MAX_PT ? MAX_PT : ncpu < 1 ? 1 : (int)ncpu, started = 0;
     for (int t = 0; t < nt; t++) {
         jobs[t] = (pack_job){.w = w, .src = src, .dst = packed, .gb = gb};
-        mt_split(rows / 8, t, nt, &jobs[t].g0, &jobs[t].g1);
+        mt_split(rows / gr, t, nt, &jobs[t].g0, &jobs[t].g1);
         if (t > 0 && pthread_create(&tid[t], NULL, pack_run, &jobs[t]) == 0) started |= 1 << t;
     }
     for (int t = 0; t < nt; t++)
@@ -233,7 +295,7 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
         mm_packed *e = realloc(g_ent, (size_t)cap * sizeof *e);
         if (!e) {
             pthread_rwlock_unlock(&g_lock);
-            free(packed);
+            munmap(packed, map_bytes);
             return mt_fail(MT_ERR_NOMEM, "repack registry of %d entries", cap);
         }
         g_ent = e, g_cap = cap;
@@ -248,8 +310,17 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
                             .dtype = w->dtype,
                             .packed = packed,
                             .bytes = bytes,
+                            .map_bytes = map_bytes,
+                            .released = 0,
                             .owner = owner};
     g_bytes += bytes;
+    // F16: the packed copy serves every fast matmul, so the stored rows' pages go back to the system.
+    uintptr_t a0;
+    const size_t rel = w->dtype == MT_F16 ? file_pages(src, (size_t)rows * w->nb[1], &a0) : 0;
+    if (rel && madvise((void *)a0, rel, MADV_DONTNEED) == 0) {
+        g_ent[at].released = rel;
+        g_released += rel;
+    }
     pthread_rwlock_unlock(&g_lock);
     return MT_OK;
 }
@@ -272,8 +343,9 @@ void mt_cpu_repack_release(const void *owner) {
     pthread_rwlock_wrlock(&g_lock);
     for (int i = 0; i < g_n;)
         if (g_ent[i].owner == owner) {
-            free(g_ent[i].packed);
+            munmap(g_ent[i].packed, g_ent[i].map_bytes);
             g_bytes -= g_ent[i].bytes;
+            g_released -= g_ent[i].released;
             memmove(g_ent + i, g_ent + i + 1, (size_t)(g_n - i - 1) * sizeof *g_ent);
             g_n--;
         } else {
@@ -290,6 +362,13 @@ void mt_cpu_repack_release(const void *owner) {
 size_t mt_cpu_repack_bytes(void) {
     pthread_rwlock_rdlock(&g_lock);
     const size_t b = g_bytes;
+    pthread_rwlock_unlock(&g_lock);
+    return b;
+}
+
+size_t mt_cpu_repack_released_bytes(void) {
+    pthread_rwlock_rdlock(&g_lock);
+    const size_t b = g_released;
     pthread_rwlock_unlock(&g_lock);
     return b;
 }

@@ -1,9 +1,11 @@
-// Weight repacking for the one-token (decode) matvec kernels of matmul-kernels.inc.
+// Weight repacking for the matmul kernels of matmul-kernels.inc.
 //
 // Q8_0, Q5_0, Q4_K and Q6_K weights are copied at session setup into groups of 8 interleaved rows, so the
 // decode inner loop is loads + integer dot products with one activation broadcast shared by 8 rows, and the 8
 // rows' scales convert to floats in one instruction. About the bytes of the stored blocks (a copy next to
-// the mmap, which prefill keeps reading). Per group of rows 8g..8g+7 and per 32-element block i:
+// the mmap). F16 weights go into groups of 16 rows, k-major, which the prefill GEMM reads as its weight
+// panel and decode as one contiguous stream; that copy replaces the mmap (the stored rows' file pages are
+// given back once packed). Per group of rows 8g..8g+7 and per 32-element block i:
 //   Q8_0 (272 bytes): 8 f16 scales (row order), then 8 chunks of 32 bytes; chunk c holds elements
 //        4c..4c+3 of row 0, then of row 1, ... row 7 (byte 4r + j = row r, element 4c + j).
 //   Q5_0 (176 bytes): 8 f16 scales, 32 bytes H, 128 bytes N. With u = q + 16 (0..31) in the chunk order
@@ -17,6 +19,8 @@
 //        scales of sub-blocks 2q, 2q+1 at 16 + 16q + 2r and + 1), then per 32 elements 192 bytes: the low
 //        4 bits of the quants (0..63) as Q4_K's nibbles, and 64 bytes of their top 2 bits (chunk c, byte b
 //        at 32 * (c / 4) + b, bits 2 * (c % 4) and up).
+//   F16 (16 rows, 32 k bytes): element kk of row j of the group at byte 32 kk + 2 j (the 16 rows of one k
+//        side by side, k in order: any k block of the group is one contiguous F16 panel).
 // Rows past the last whole group stay on the stored layout only. The registry maps a weight's data
 // pointer (or a row view inside it) to its packed copy; it is read by every decode matmul and written at
 // setup and teardown.
@@ -31,12 +35,19 @@
 
 // Dtypes with a packed layout.
 bool mt_cpu_repack_supports(mt_dtype t);
-// Packs the whole 8-row groups of a contiguous 2-D weight and registers them under `owner`. No-op (MT_OK)
-// for dtypes without a packed layout, fewer than 8 rows, or data already registered.
+// Rows of one packed group: 16 for F16, 8 for the quantized types.
+int mt_cpu_repack_group_rows(mt_dtype t);
+// Packs the whole groups of a contiguous 2-D weight and registers them under `owner`. No-op (MT_OK) for
+// dtypes without a packed layout, fewer rows than a group, or data already registered. For F16 the pages
+// of the packed rows' stored bytes are then given back (mt_cpu_repack_source_bytes).
 mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner);
 // Bytes mt_cpu_repack_tensor would allocate for w (0: not packed).
 size_t mt_cpu_repack_tensor_bytes(const mt_tensor *w);
-// Bytes of one packed group of 8 rows of k elements (0 for dtypes without a packed layout).
+// Bytes of w's stored form that its packed copy replaces: the whole pages of the packed rows, for F16
+// weights in a read-only file mapping (dropped pages read back from the file if anything touches them
+// again); 0 otherwise. What packing w adds is mt_cpu_repack_tensor_bytes minus this.
+size_t mt_cpu_repack_source_bytes(const mt_tensor *w);
+// Bytes of one packed group of k-element rows (0 for dtypes without a packed layout).
 size_t mt_cpu_repack_group_bytes(mt_dtype t, int64_t k);
 // Packed copy for weight `w` (a registered tensor or a row view inside one, same dtype and row size):
 // returns the packed bytes of the parent's group 0 (group g at + g * mt_cpu_repack_group_bytes) and sets
@@ -47,5 +58,7 @@ const uint8_t *mt_cpu_repack_find(const mt_tensor *w, int64_t *row0, int64_t *ro
 void mt_cpu_repack_release(const void *owner);
 // Bytes held by packed copies (all owners).
 size_t mt_cpu_repack_bytes(void);
+// Bytes of stored weights given back because their packed copy replaces them (all owners).
+size_t mt_cpu_repack_released_bytes(void);
 
 #endif
