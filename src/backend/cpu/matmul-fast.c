@@ -29,8 +29,8 @@ bool mt_cpu_matmul_fast_supports(mt_dtype t) {
 // float scale, 16 int16 sums and 256 int8; Q4_0/Q5_0 add what prefill on unpacked rows needs.
 size_t mt_mm_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
     switch (t) {
-    case MT_Q8_0:
-        return (size_t)(k / 32) * 36 * (size_t)n;
+    case MT_Q8_0: // + per-block activation sums (the 512-bit prefill tile)
+        return (size_t)(k / 32) * (36 + 4) * (size_t)n;
     case MT_Q4_0:
     case MT_Q5_0: // + per-block activation sums and two unpacked weight rows or one 8-row group (prefill)
         return (size_t)(k / 32) * (36 + 4) * (size_t)n + 8 * (size_t)k + 2 * (size_t)(k / 32) * 4;
