@@ -9,7 +9,7 @@ single-token llama_decode calls after the same 8-token prompt `metallic bench` u
 runs the STREAM benchmark (bench/stream.c) and reports the bandwidth share of each decode: bytes read per
 token (weights + KV, from metallic's JSON) x tok/s / the measured 2-thread read bandwidth.
 
-  bench/compare-llamacpp.py [FILE.gguf ...] [--threads 2] [-r 3] [--quick] [--json OUT.json]
+  bench/compare-llamacpp.py [FILE.gguf ...] [--threads 2] [-r 3] [--rounds R] [--quick] [--json OUT.json]
 
 Default files: the real default model, its Q8_0 and F16 re-encodings, and random-weight 0.5B Q8_0 and F16
 files (generated into build/bench-models/ when missing). llama-cpp-python is installed with pip when it
@@ -253,10 +253,14 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--json", default="build/bench-compare.json", help="where the JSON results go")
     ap.add_argument("--no-llama", action="store_true", help="metallic only (no llama-cpp-python)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat each file's llama.cpp / metallic pair (and STREAM) this many times, alternating; "
+                         "the ratio column is then the median of the rounds' ratios [min, max] (for a host whose "
+                         "memory bandwidth drifts)")
     a = ap.parse_args()
     os.chdir(ROOT)
-    if a.threads < 1 or a.reps < 1:
-        ap.error("--threads and -r must be >= 1")
+    if a.threads < 1 or a.reps < 1 or a.rounds < 1:
+        ap.error("--threads, -r and --rounds must be >= 1")
     p, n = (64, 16) if a.quick else (512, 128)
     tests = [(p, 0), (0, n)]
 
@@ -269,9 +273,8 @@ def main():
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
 
-    results = []
-    for path in files:
-        log(f"{path}")
+    def one_round(path, read2):
+        out = []
         llama = llama_bench(path, tests, a.threads, a.reps) if have_llama else "not run"
         log(f"  metallic: pp{p} tg{n}, warm-up + {a.reps} runs each")
         ours = metallic_bench(cmd, path, p, n, a.threads, a.reps)
@@ -291,6 +294,7 @@ def main():
                     if "llama_ts" in row:
                         row["llama_gbs"] = o["bytes_per_token"] * row["llama_ts"] / 1e9
                     if read2:
+                        row["stream_read_2t"] = read2
                         row["metallic_bw_share"] = row["metallic_gbs"] / read2
                         if "llama_gbs" in row:
                             row["llama_bw_share"] = row["llama_gbs"] / read2
@@ -298,12 +302,53 @@ def main():
                 row["metallic_error"] = ours
             if "llama_ts" in row and "metallic_ts" in row:
                 row["ratio"] = row["metallic_ts"] / row["llama_ts"]
-            results.append(row)
+            out.append(row)
+        return out
+
+    def combine(rows):
+        """One row from the rounds of one (file, test): means of the rounds' means, medians of the ratios."""
+        if len(rows) == 1:
+            return rows[0]
+        r = dict(rows[0])
+        r["rounds"] = rows
+        for k in ("llama_ts", "metallic_ts", "llama_gbs", "metallic_gbs"):
+            v = [x[k] for x in rows if k in x]
+            if len(v) == len(rows):
+                r[k] = statistics.mean(v)
+        for k, sd in (("llama_ts", "llama_sd"), ("metallic_ts", "metallic_sd")):
+            v = [x[k] for x in rows if k in x]
+            if len(v) == len(rows):
+                r[sd] = statistics.stdev(v)
+        for k in ("ratio", "llama_bw_share", "metallic_bw_share"):
+            v = [x[k] for x in rows if k in x]
+            if len(v) == len(rows):
+                r[k] = statistics.median(v)
+                r[k + "_min"], r[k + "_max"] = min(v), max(v)
+        return r
+
+    results = []
+    for path in files:
+        log(f"{path}")
+        per_round = []
+        for rnd in range(a.rounds):
+            if a.rounds > 1:
+                log(f" round {rnd + 1} of {a.rounds}")
+                st_r = stream(a.build)
+                read2_r = max((x["best_gbs"] for x in st_r["results"] if x["test"] == "read" and x["threads"] == 2),
+                              default=None)
+            else:
+                read2_r = read2
+            per_round.append(one_round(path, read2_r))
+        for i in range(len(per_round[0])):
+            results.append(combine([rr[i] for rr in per_round]))
 
     def f(x, d=2):
         return "-" if x is None else f"{x:.{d}f}"
 
-    print(f"CPU: {cpu}, threads {a.threads}, {a.reps} runs after a warm-up, {time.strftime('%Y-%m-%d')}\n")
+    rounds = f", {a.rounds} alternating rounds per file (t/s: mean of the rounds; ratio: median of the rounds' " \
+             f"ratios [min, max]; bandwidth share: median, each round against a STREAM run just before it)" \
+        if a.rounds > 1 else ""
+    print(f"CPU: {cpu}, threads {a.threads}, {a.reps} runs after a warm-up{rounds}, {time.strftime('%Y-%m-%d')}\n")
     print("| file | test | llama.cpp t/s | metallic t/s | metallic / llama.cpp | decode GB/s (llama.cpp / metallic) "
           "| share of 2-thread read BW (llama.cpp / metallic) |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -315,14 +360,17 @@ def main():
             gbs = f"{f(r.get('llama_gbs'))} / {f(r['metallic_gbs'])}"
         if "metallic_bw_share" in r:
             share = f"{f(100 * r['llama_bw_share'], 0) if 'llama_bw_share' in r else '-'}% / {100 * r['metallic_bw_share']:.0f}%"
-        print(f"| {os.path.basename(r['file'])} | {r['test']} | {lt} | {mt} | {f(r.get('ratio'))}x | {gbs} | {share} |")
+        ratio = f"{f(r.get('ratio'))}x"
+        if "ratio_min" in r:
+            ratio += f" [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]"
+        print(f"| {os.path.basename(r['file'])} | {r['test']} | {lt} | {mt} | {ratio} | {gbs} | {share} |")
     errs = {(r["file"], k): r[k] for r in results for k in ("llama_error", "metallic_error") if k in r}
     for (fname, k), e in errs.items():
         print(f"\n{os.path.basename(fname)}: {k.split('_')[0]}: {e}")
     print("\nSTREAM (GB/s, best of 5): " + ", ".join(f"{r['test']} {r['threads']}t {r['best_gbs']:.2f}" for r in st["results"]))
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as fo:
-        json.dump({"cpu": cpu, "threads": a.threads, "reps": a.reps, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        json.dump({"cpu": cpu, "threads": a.threads, "reps": a.reps, "rounds": a.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "tests": [f"pp{p}", f"tg{n}"], "stream": st, "results": results}, fo, indent=1)
     log(f"wrote {a.json}")
 
