@@ -208,6 +208,8 @@ static void test_sdpa_cache_mode(void) {
     sdpa_cache_case(24, 6, 3, 9, 19, 2);   // hd 24: a 64-block remainder of three vectors
     sdpa_cache_case(12, 4, 2, 3, 21, 2);   // hd 12: the scalar kernel
     sdpa_cache_case(64, 9, 1, 0, 67, 3);   // a group of 9 heads: two sub-groups of at most 8
+    sdpa_cache_case(48, 4, 2, 7, 23, 2);   // hd 48: no 64-feature block
+    sdpa_cache_case(80, 6, 2, 11, 40, 2);  // hd 80: one 64-feature block and a remainder
 }
 
 static void resolve(mt_registry *r, const char *backend) {

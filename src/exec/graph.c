@@ -24,7 +24,7 @@
 // Tokens an owner takes from its own share per kernel call in a prefill matmul stage: the kernels' largest
 // cache block, so a share is streamed in as many weight passes as one whole call would need.
 #define GRAPH_OWN_CHUNK 64
-#define GRAPH_OWN_CHUNK_F16 192 // the F16/BF16 GEMM's token block (MM_GF_TB in matmul-kernels.inc)
+#define GRAPH_OWN_CHUNK_F16 264 // the F16/BF16 GEMM's token block (MM_GF_TB in matmul-kernels.inc)
 
 enum stage_kind { ST_NODE, ST_NORM, ST_MATMULS, ST_ROPE_KV, ST_SDPA };
 static const char *stage_name[] = {"node", "norm", "matmuls", "rope_kv", "sdpa"};
