@@ -642,7 +642,8 @@ static int inspect_gguf(const cli_opts *o) {
         size_t replaced = 0;
         const size_t packed = mt_model_cpu_repack_bytes(m, &replaced);
         if (packed)
-            printf("cpu repack: %zu bytes (%.1f MiB) of packed copies made by a CPU session, replacing %zu bytes "
+            printf("cpu repack: %zu bytes (%.1f MiB) of packed copies made by a CPU session, replacing %zu "
+                   "bytes "
                    "(%.1f MiB) of mapped file pages: net %+.1f MiB (METALLIC_REPACK=0: none)\n",
                    packed, packed / 1048576.0, replaced, replaced / 1048576.0,
                    ((double)packed - (double)replaced) / 1048576.0);

@@ -111,8 +111,9 @@ static void check_case_v(mt_dtype t, int64_t k, int64_t m, int64_t n, mt_pool *p
               "%s: %zu packed bytes for %lld groups", mt_dtype_name(t), mt_cpu_repack_bytes() - before,
               (long long)groups);
         if (v0 < gr * groups) {
-            CHECK(pk && row0 == v0 && rows == gr * groups, "%s m=%lld v0=%lld: find gives row0 %lld rows %lld",
-                  mt_dtype_name(t), (long long)m, (long long)v0, (long long)row0, (long long)rows);
+            CHECK(pk && row0 == v0 && rows == gr * groups,
+                  "%s m=%lld v0=%lld: find gives row0 %lld rows %lld", mt_dtype_name(t), (long long)m,
+                  (long long)v0, (long long)row0, (long long)rows);
         } else {
             CHECK(!pk, "%s: no packed copy for rows past the last whole group", mt_dtype_name(t));
         }

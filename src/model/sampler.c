@@ -184,7 +184,8 @@ void mt_sampler_consume_uniform(mt_sampler *s) {
     (void)rng_uniform(s->rng);
 }
 
-int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history, const int32_t **win) {
+int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history,
+                              const int32_t **win) {
     *win = NULL;
     if (!(s->p.repeat_penalty != 1.0f && s->p.repeat_last_n > 0 && history && n_history > 0)) return 0;
     int from = n_history > s->p.repeat_last_n ? n_history - s->p.repeat_last_n : 0;

@@ -36,6 +36,7 @@ bool mt_sampler_is_greedy(const mt_sampler *s);
 const mt_sampler_params *mt_sampler_params_of(const mt_sampler *s);
 double mt_sampler_peek_uniform(const mt_sampler *s);
 void mt_sampler_consume_uniform(mt_sampler *s);
-int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history, const int32_t **win);
+int mt_sampler_penalty_window(const mt_sampler *s, const int32_t *history, int n_history,
+                              const int32_t **win);
 
 #endif

@@ -26,7 +26,7 @@
 enum { PREP_THREADS = 256, PREP_TILE = 1024, TILE = 1024, MAX_TILES = 1024 };
 
 struct sample_state {
-    uint32_t tmax_key;      // ordered key of the largest scaled logit (atomicMax)
+    uint32_t tmax_key; // ordered key of the largest scaled logit (atomicMax)
     uint32_t pad;
     unsigned long long amax; // (ordered key of the raw logit << 32) | ~id: the CPU argmax (atomicMax)
     int32_t result[2];       // chosen id, 1 when a uniform was consumed (0: the argmax fallback)
@@ -78,13 +78,14 @@ struct prep_args {
     const float *logits;
     int n;
     float inv_t;
-    float penalty;    // applied when n_win > 0
+    float penalty; // applied when n_win > 0
     const int32_t *win;
     int n_win;
     int key_mode; // 0 none, 1 unscaled logit (top-k), 2 scaled logit (top-p)
 };
 
-__global__ void __launch_bounds__(PREP_THREADS) k_prep(prep_args a, float *t, uint32_t *key, sample_state *st) {
+__global__ void __launch_bounds__(PREP_THREADS)
+    k_prep(prep_args a, float *t, uint32_t *key, sample_state *st) {
     __shared__ uint32_t pen_bits[PREP_TILE / 32];
     const int base = blockIdx.x * PREP_TILE;
     for (int i = threadIdx.x; i < PREP_TILE / 32; i += blockDim.x) pen_bits[i] = 0;
@@ -143,9 +144,7 @@ struct seq_t {
     const int32_t *ids;
     const unsigned long long *k64;
     int m;
-    __device__ __forceinline__ int id(int p) const {
-        return k64 ? (int)(uint32_t)k64[p] : ids ? ids[p] : p;
-    }
+    __device__ __forceinline__ int id(int p) const { return k64 ? (int)(uint32_t)k64[p] : ids ? ids[p] : p; }
 };
 
 struct weight_args {
@@ -181,8 +180,8 @@ __device__ __forceinline__ double tile_scan(const weight_args &a, int b, float t
     return s;
 }
 
-__global__ void __launch_bounds__(TILE) k_wsum(weight_args a, double *tile_sum, int32_t *tile_last,
-                                               int32_t *tile_first) {
+__global__ void __launch_bounds__(TILE)
+    k_wsum(weight_args a, double *tile_sum, int32_t *tile_last, int32_t *tile_first) {
     __shared__ typename scan_t::TempStorage tmp;
     __shared__ int last, first;
     const float tmax = row_tmax(a.st);
@@ -221,8 +220,8 @@ struct final_smem {
 };
 
 // First position whose cumulative weight passes the target (>= when `ge`, else >); -1 when none.
-__device__ int find_first(const weight_args &a, final_smem &sm, int n_tiles, double target, bool ge, float tmax,
-                          float thr) {
+__device__ int find_first(const weight_args &a, final_smem &sm, int n_tiles, double target, bool ge,
+                          float tmax, float thr) {
     typedef cub::BlockReduce<int, TILE> red_t;
     int me = 0x7fffffff;
     int b = threadIdx.x;
@@ -428,7 +427,8 @@ extern "C" mt_status mt_cuda_sample_reserve(int n_vocab, int n_win) {
     if (e == cudaSuccess) e = cudaMallocHost(&g_s.h_result, 2 * sizeof(int32_t));
     size_t b32 = 0, b64 = 0;
     if (e == cudaSuccess)
-        e = cub::DeviceRadixSort::SortPairs(NULL, b32, g_s.key_in, g_s.key_out, g_s.iota, g_s.id_out, n_vocab);
+        e = cub::DeviceRadixSort::SortPairs(NULL, b32, g_s.key_in, g_s.key_out, g_s.iota, g_s.id_out,
+                                            n_vocab);
     if (e == cudaSuccess) e = cub::DeviceRadixSort::SortKeys(NULL, b64, g_s.k64_in, g_s.k64_out, n_vocab);
     g_s.temp_bytes = b32 > b64 ? b32 : b64;
     if (e == cudaSuccess) e = cudaMalloc(&g_s.temp, g_s.temp_bytes);
@@ -455,9 +455,9 @@ extern "C" mt_status mt_cuda_sample_row(const float *logits, const mt_cuda_sampl
     const bool topk = r->top_k > 0 && r->top_k < n;
     const bool sorted = topk || r->top_p < 1.0f;
     if (r->n_win)
-        MT_TRY(cu_check(cudaMemcpyAsync(g_s.win, r->win, (size_t)r->n_win * sizeof(int32_t),
-                                        cudaMemcpyHostToDevice, s),
-                        "sample window upload"));
+        MT_TRY(cu_check(
+            cudaMemcpyAsync(g_s.win, r->win, (size_t)r->n_win * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+            "sample window upload"));
     prep_args pa = {logits, n, r->inv_t, r->repeat_penalty, g_s.win, r->n_win, topk ? 1 : sorted ? 2 : 0};
     const unsigned prep_blocks = (unsigned)((n + PREP_TILE - 1) / PREP_TILE);
     k_prep<<<prep_blocks, PREP_THREADS, 0, s>>>(pa, g_s.t, g_s.key_in, g_s.st);
@@ -475,8 +475,9 @@ extern "C" mt_status mt_cuda_sample_row(const float *logits, const mt_cuda_sampl
             k_key64<<<(unsigned)((k + 255) / 256), 256, 0, s>>>(g_s.id_out, k, g_s.t, g_s.k64_in);
             MT_TRY(mt_cu_launched("sample top-k keys"));
             tb = g_s.temp_bytes;
-            MT_TRY(cu_check(cub::DeviceRadixSort::SortKeys(g_s.temp, tb, g_s.k64_in, g_s.k64_out, k, 0, 64, s),
-                            "sample top-k sort"));
+            MT_TRY(
+                cu_check(cub::DeviceRadixSort::SortKeys(g_s.temp, tb, g_s.k64_in, g_s.k64_out, k, 0, 64, s),
+                         "sample top-k sort"));
             seq.ids = NULL;
             seq.k64 = g_s.k64_out;
             seq.m = k;
@@ -491,8 +492,9 @@ extern "C" mt_status mt_cuda_sample_row(const float *logits, const mt_cuda_sampl
     final_args fa = {wa, sorted ? 1 : 0, r->top_p, use_min_p ? 1 : 0, r->u};
     k_final<<<1, TILE, 0, s>>>(fa, g_s.st, g_s.tile_sum, g_s.tile_last, g_s.tile_first);
     MT_TRY(mt_cu_launched("sample draw"));
-    MT_TRY(cu_check(cudaMemcpyAsync(g_s.h_result, g_s.st->result, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, s),
-                    "sample download"));
+    MT_TRY(cu_check(
+        cudaMemcpyAsync(g_s.h_result, g_s.st->result, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, s),
+        "sample download"));
     MT_TRY(cu_check(cudaStreamSynchronize(s), "sample"));
     g_s.calls++;
     *token = g_s.h_result[0];
