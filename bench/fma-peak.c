@@ -16,37 +16,31 @@ static double now_s(void) {
 enum { CHAINS = 12 };
 static const long ITERS = 40000000;
 
-static void run_ymm(void) {
-    __m256 a[CHAINS];
-    const __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) a[i] = _mm256_set1_ps((float)i);
-    const double t0 = now_s();
-    for (long it = 0; it < ITERS; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) a[i] = _mm256_fmadd_ps(a[i], b, c);
-    const double t = now_s() - t0;
-    float s = 0, o[8];
-    for (int i = 0; i < CHAINS; i++) {
-        _mm256_storeu_ps(o, a[i]);
-        for (int j = 0; j < 8; j++) s += o[j];
-    }
-    printf("256-bit FMA: %.1f GFLOP/s per core (checksum %g)\n", (double)ITERS * CHAINS * 16 / t / 1e9, s);
+static float sum_ymm(__m256 v) {
+    float o[8], s = 0;
+    _mm256_storeu_ps(o, v);
+    for (int j = 0; j < 8; j++) s += o[j];
+    return s;
 }
 
+// One timed loop per register width: the same chains with that width's type and intrinsics.
+#define FMA_PEAK(NAME, VT, SET1, FMADD, LANES, SUM)                                                          \
+    static void NAME(void) {                                                                                 \
+        VT a[CHAINS];                                                                                        \
+        const VT b = SET1(1.0000001f), c = SET1(1e-7f);                                                      \
+        for (int i = 0; i < CHAINS; i++) a[i] = SET1((float)i);                                              \
+        const double t0 = now_s();                                                                           \
+        for (long it = 0; it < ITERS; it++)                                                                  \
+            _Pragma("GCC unroll 12") for (int i = 0; i < CHAINS; i++) a[i] = FMADD(a[i], b, c);              \
+        const double t = now_s() - t0;                                                                       \
+        float s = 0;                                                                                         \
+        for (int i = 0; i < CHAINS; i++) s += SUM(a[i]);                                                     \
+        printf("%d-bit FMA: %.1f GFLOP/s per core (checksum %g)\n", LANES * 32,                              \
+               (double)ITERS * CHAINS * 2 * LANES / t / 1e9, s);                                             \
+    }
+FMA_PEAK(run_ymm, __m256, _mm256_set1_ps, _mm256_fmadd_ps, 8, sum_ymm)
 #ifdef __AVX512F__
-static void run_zmm(void) {
-    __m512 a[CHAINS];
-    const __m512 b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) a[i] = _mm512_set1_ps((float)i);
-    const double t0 = now_s();
-    for (long it = 0; it < ITERS; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) a[i] = _mm512_fmadd_ps(a[i], b, c);
-    const double t = now_s() - t0;
-    float s = 0;
-    for (int i = 0; i < CHAINS; i++) s += _mm512_reduce_add_ps(a[i]);
-    printf("512-bit FMA: %.1f GFLOP/s per core (checksum %g)\n", (double)ITERS * CHAINS * 32 / t / 1e9, s);
-}
+FMA_PEAK(run_zmm, __m512, _mm512_set1_ps, _mm512_fmadd_ps, 16, _mm512_reduce_add_ps)
 #endif
 
 int main(void) {
