@@ -243,6 +243,8 @@ static void test_repacked(mt_dtype t, mt_pool *pool2) {
     check_case_v(t, kq ? 256 : 224, 45, 17, pool2, false, true, tol_for(t), true, 3);
     check_case_v(t, kq ? 256 : 224, 45, 17, NULL, true, false, tol_for(t), true, 5);
     check_case_v(t, kq ? 512 : 896, 67, 203, pool2, true, false, tol_for(t), true, 0);
+    // one thread, 300 tokens: two token blocks of the packed F16 GEMM (264 tokens each)
+    check_case_v(t, kq ? 256 : 224, 45, 300, NULL, true, true, tol_for(t), true, 0);
     rng = saved;
 }
 
