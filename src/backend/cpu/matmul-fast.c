@@ -1,6 +1,8 @@
 // Fast CPU matmul: dispatch on the instruction-set level, scratch for quantized activations.
 #include "matmul-fast.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -56,8 +58,11 @@ bool mt_mm_float_gemm_enabled(void) {
     return on;
 }
 
+// + 64: the kernels get the scratch aligned to 64 bytes (their float and block views of it need at
+// least 4), wherever the caller's buffer starts.
 size_t mt_cpu_matmul_fast_scratch_bytes(mt_dtype t, int64_t k, int64_t n) {
-    return mt_mm_scratch_bytes(t, k, n);
+    const size_t b = mt_mm_scratch_bytes(t, k, n);
+    return b ? b + 64 : 0;
 }
 
 void mt_cpu_matmul_fast_ex(const mt_node *node, int ith, int nth, void *scratch) {
@@ -66,6 +71,7 @@ void mt_cpu_matmul_fast_ex(const mt_node *node, int ith, int nth, void *scratch)
         mt_cpu_op_matmul(node, ith, nth);
         return;
     }
+    if (scratch) scratch = (void *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     switch (mt_cpu_isa()) {
     case MT_ISA_AVX512:
         mt_mm_run_avx512(node, ith, nth, scratch);
@@ -79,15 +85,23 @@ void mt_cpu_matmul_fast_ex(const mt_node *node, int ith, int nth, void *scratch)
     }
 }
 
-// Per-thread scratch, kept for the thread's lifetime and grown only when a larger matmul arrives.
+// Per-thread scratch, kept for the thread's lifetime and grown only when a larger matmul arrives; a key
+// destructor frees it when a pool worker exits (pools come and go with sessions).
 static _Thread_local void *tl_scratch;
 static _Thread_local size_t tl_scratch_cap;
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+static bool tl_key_ok;
+
+static void tl_key_make(void) {
+    tl_key_ok = pthread_key_create(&tl_key, free) == 0;
+}
 
 void mt_cpu_matmul_fast(const mt_node *node, int ith, int nth) {
     const mt_tensor *w = node->src[0], *x = node->src[1];
     // Prefill threads quantize only their own tokens; decode threads quantize all of them.
     const int64_t n = x->ne[1] >= 8 && nth > 1 ? (x->ne[1] + nth - 1) / nth : x->ne[1];
-    const size_t need = mt_mm_scratch_bytes(w->dtype, w->ne[0], n);
+    const size_t need = mt_cpu_matmul_fast_scratch_bytes(w->dtype, w->ne[0], n);
     if (need > tl_scratch_cap) {
         void *p = malloc(need + need / 4); // headroom so slowly growing batches do not reallocate each time
         if (!p) {
@@ -97,6 +111,8 @@ void mt_cpu_matmul_fast(const mt_node *node, int ith, int nth) {
         free(tl_scratch);
         tl_scratch = p;
         tl_scratch_cap = need + need / 4;
+        pthread_once(&tl_once, tl_key_make);
+        if (tl_key_ok) pthread_setspecific(tl_key, p);
     }
     mt_cpu_matmul_fast_ex(node, ith, nth, tl_scratch);
 }
