@@ -8,13 +8,13 @@ passing silently. Each test's summary line is added up; a sanitizer report count
 """
 import argparse
 import os
-import re
 import subprocess
 import sys
 
+from checklib import run_sanitized  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ["test-matmul-fast", "test-ops-fast", "test-graph", "test-model", "test-sampler"]
-SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$")
 
 
 def main():
@@ -28,30 +28,10 @@ def main():
         print("FAIL make asan")
         print("0 passed, 1 failed, 0 skipped")
         return 1
-    env = dict(os.environ)
-    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=99"
-    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     passed = failed = skipped = 0
     for t in TESTS:
-        exe = os.path.join("build", "asan", "tests", t)
-        r = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=1200)
-        out = r.stdout + r.stderr
-        lines = out.strip().splitlines()
-        m = next((m for m in (SUMMARY.match(ln) for ln in reversed(lines)) if m), None)
-        sanitizer = "ERROR: AddressSanitizer" in out or "runtime error:" in out or "LeakSanitizer" in out
-        if m is None or sanitizer or r.returncode != 0:
-            print("\n".join(lines[-60:]))
-            print("FAIL sanitized %s: exit %d%s" % (t, r.returncode, ", sanitizer report" if sanitizer else ""))
-            passed += int(m.group(1)) if m else 0
-            failed += max(int(m.group(2)) if m else 0, 1)
-            continue
-        for ln in lines:
-            if ln.startswith("FAIL") or "check failed" in ln:
-                print(ln)
-        print("sanitized %s: %s" % (t, m.group(0)))
-        passed += int(m.group(1))
-        failed += int(m.group(2))
-        skipped += int(m.group(3) or 0)
+        p, f, s = run_sanitized(t, [os.path.join("build", "asan", "tests", t)])
+        passed, failed, skipped = passed + p, failed + f, skipped + s
     print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 0 if failed == 0 else 1
 
