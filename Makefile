@@ -10,7 +10,7 @@ LDLIBS  += -lm -pthread -lcjson -lncursesw
 PYTHON  ?= .venv/bin/python
 MODEL   ?= models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 PROMPT  ?= Write a C function that reverses a string.
-THREADS ?= 0
+THREADS ?=
 
 # CUDA backend: CUDA=auto builds it when nvcc is on PATH, CUDA=1 forces it, CUDA=0 leaves it out (the
 # CPU-only build never needs CUDA).
@@ -76,7 +76,7 @@ model:
 	sh scripts/get-model.sh $(MODEL)
 
 run: all model
-	$(BUILD)/metallic run $(MODEL) "$(PROMPT)" --threads $(THREADS)
+	$(BUILD)/metallic run $(MODEL) "$(PROMPT)" $(if $(THREADS),--threads $(THREADS))
 
 test: all model
 	sh scripts/run-tests.sh
