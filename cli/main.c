@@ -635,16 +635,15 @@ static int inspect_gguf(const cli_opts *o) {
             printf("  %-6s %5lld tensors %12llu bytes (%.1f MiB)\n", mt_dtype_name(d), count[d], bytes[d],
                    bytes[d] / 1048576.0);
     // What a CPU session adds next to the mmap (the kernels' packed copies, less the file pages they
-    // replace), when the file
-    // loads as a model; inspect still describes files that do not.
+    // replace), when the file loads as a model; inspect still describes files that do not.
     mt_model *m = NULL;
     if (mt_model_load(o->model, &m) == MT_OK) {
         size_t replaced = 0;
         const size_t packed = mt_model_cpu_repack_bytes(m, &replaced);
         if (packed)
-            printf("cpu repack: %zu bytes (%.1f MiB) of packed copies made by a CPU session, replacing %zu "
-                   "bytes "
-                   "(%.1f MiB) of mapped file pages: net %+.1f MiB (METALLIC_REPACK=0: none)\n",
+            printf("cpu repack: %zu bytes (%.1f MiB) of packed copies made by a CPU session, "
+                   "replacing %zu bytes (%.1f MiB) of mapped file pages: net %+.1f MiB (METALLIC_REPACK=0: "
+                   "none)\n",
                    packed, packed / 1048576.0, replaced, replaced / 1048576.0,
                    ((double)packed - (double)replaced) / 1048576.0);
         mt_model_free(m);

@@ -4,7 +4,10 @@ runs the tests that drive the CPU kernels, the graph path and whole models throu
 out-of-bounds access, a misaligned access, undefined behaviour or a leak aborts the test instead of
 passing silently. Each test's summary line is added up; a sanitizer report counts as a failure.
 
-    check_kernels_sanitized.py [--build build]   (the tests read BUILD/fixtures, which run-tests.sh writes)
+    check_kernels_sanitized.py [--build build]
+
+`make asan` always builds into build/asan, and the model tests read build/fixtures (run-tests.sh writes
+them); --build is accepted as every check takes it, and otherwise unused.
 """
 import argparse
 import os

@@ -337,8 +337,8 @@ static mt_status device_setup(mt_session *s);
 // Packed copies of the matrices in the kernels' layouts (backend/cpu/repack.h: 8-row groups of the
 // quantized types for decode; 16-row k-major F16 for decode and prefill, which replaces the stored rows'
 // mapped pages), once per model (later sessions find them registered); METALLIC_REPACK=0 keeps every
-// matmul on the mmap alone. The
-// packed set is the output matrix and the seven matrices of every layer: matrix i of packed_matrix.
+// matmul on the mmap alone. The packed set is the output matrix and the seven matrices of every layer:
+// matrix i of packed_matrix.
 static bool repack_enabled(void) {
     const char *env = getenv("METALLIC_REPACK");
     return !(env && !strcmp(env, "0")) && mt_cpu_isa() != MT_ISA_SCALAR;

@@ -159,14 +159,14 @@ static void *pack_run(void *arg) {
     const pack_job *j = arg;
     const size_t nb1 = j->w->nb[1];
     const int64_t k = j->w->ne[0];
+    const size_t gr = (size_t)mt_cpu_repack_group_rows(j->w->dtype);
     for (long g = j->g0; g < j->g1; g++) {
-        const uint8_t *in = j->src + (size_t)g * 8 * nb1;
+        const uint8_t *in = j->src + (size_t)g * gr * nb1;
         uint8_t *out = j->dst + (size_t)g * j->gb;
-        if (j->w->dtype == MT_F16) {
-            pack_f16(j->src + (size_t)g * 16 * nb1, nb1, k, out);
-            continue;
-        }
         switch (j->w->dtype) {
+        case MT_F16:
+            pack_f16(in, nb1, k, out);
+            break;
         case MT_Q8_0:
             pack_q8_0(in, nb1, k / 32, out);
             break;
@@ -232,10 +232,16 @@ static size_t file_pages(const uint8_t *p, size_t n, uintptr_t *a0) {
     return s1 - s0;
 }
 
+// The file pages a packed copy of w replaces (F16: the rows of its whole groups), first at *a0.
+static size_t source_pages(const mt_tensor *w, uintptr_t *a0) {
+    if (w->dtype != MT_F16 || !mt_cpu_repack_tensor_bytes(w)) return 0;
+    const int64_t gr = mt_cpu_repack_group_rows(w->dtype);
+    return file_pages(w->data, (size_t)(w->ne[1] / gr * gr) * w->nb[1], a0);
+}
+
 size_t mt_cpu_repack_source_bytes(const mt_tensor *w) {
     uintptr_t a0;
-    if (w->dtype != MT_F16 || !mt_cpu_repack_tensor_bytes(w)) return 0;
-    return file_pages(w->data, (size_t)(w->ne[1] / 16 * 16) * w->nb[1], &a0);
+    return source_pages(w, &a0);
 }
 
 // Anonymous memory for a packed copy, 2 MiB-aligned with the whole 2 MiB pages inside it on huge pages
@@ -316,7 +322,7 @@ mt_status mt_cpu_repack_tensor(const mt_tensor *w, const void *owner) {
     g_bytes += bytes;
     // F16: the packed copy serves every fast matmul, so the stored rows' pages go back to the system.
     uintptr_t a0;
-    const size_t rel = w->dtype == MT_F16 ? file_pages(src, (size_t)rows * w->nb[1], &a0) : 0;
+    const size_t rel = source_pages(w, &a0);
     if (rel && madvise((void *)a0, rel, MADV_DONTNEED) == 0) {
         g_ent[at].released = rel;
         g_released += rel;
