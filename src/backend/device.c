@@ -284,7 +284,6 @@ struct mt_device_graphs {
     void *spare;  // one evicted executable, reused by the next capture
     bool closing; // evictions during free destroy instead of keeping a spare
     uint64_t t0;  // start of the capture in progress (mt_now_us)
-    int captures, updates;
 #endif
 };
 
@@ -376,8 +375,6 @@ mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key) {
     size_t nodes = 0;
     MT_TRY(mt_cuda_capture_end(g->spare, &exe, &updated, &nodes));
     if (updated) g->spare = NULL;
-    g->captures++;
-    g->updates += updated;
     mt_exec_key k = graph_key(key);
     // bytes 0: what an executable holds on the device is not observable; the count budget bounds them
     mt_exec_value v = {.exe = exe, .bytes = 0, .destroy = graph_retire, .destroy_ctx = g};
@@ -403,17 +400,6 @@ mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key) {
 void mt_device_graphs_abort(mt_device_graphs *g) {
 #ifdef MT_CUDA
     if (g) mt_cuda_capture_abort();
-#else
-    (void)g;
-#endif
-}
-
-void mt_device_graphs_stats(const mt_device_graphs *g, int *captures, int *updates) {
-    *captures = *updates = 0;
-#ifdef MT_CUDA
-    if (!g) return;
-    *captures = g->captures;
-    *updates = g->updates;
 #else
     (void)g;
 #endif

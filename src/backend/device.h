@@ -69,7 +69,5 @@ bool mt_device_graphs_launch(mt_device_graphs *g, uint64_t key);
 mt_status mt_device_graphs_begin(mt_device_graphs *g);
 mt_status mt_device_graphs_end(mt_device_graphs *g, uint64_t key);
 void mt_device_graphs_abort(mt_device_graphs *g);
-// Captures so far, and how many of them updated an evicted executable instead of instantiating one.
-void mt_device_graphs_stats(const mt_device_graphs *g, int *captures, int *updates);
 
 #endif
